@@ -1,0 +1,31 @@
+"""Resolve a rule name given on the command line or to :class:`l2o.LearnedOptimizer`.
+
+``adam`` / ``rmsprop`` / ``sgd`` / ``nag`` are the analytic rules; ``paper:<name>`` loads the
+authors' published weights; anything else is read as a checkpoint path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from l2o.rules.analytic import ANALYTIC_RULES, get_analytic_rule
+
+
+def load_rule(spec: str, **hparams: Any):
+    """Build the rule named by ``spec``; ``hparams`` (e.g. ``lr``) apply to analytic rules only."""
+    if spec in ANALYTIC_RULES:
+        return get_analytic_rule(spec, **hparams)
+    if spec.startswith("paper:"):
+        from l2o.rules.paper import load_paper_rule
+
+        return load_paper_rule(spec)
+    path = Path(spec)
+    if path.exists():
+        from l2o.checkpoint import load_rule_checkpoint
+
+        return load_rule_checkpoint(path)
+    raise ValueError(
+        f"unknown rule {spec!r}: use one of {', '.join(ANALYTIC_RULES)}, a paper:<name> "
+        "checkpoint (`l2o pretrained` lists them) or the path of a checkpoint file"
+    )

@@ -1,0 +1,158 @@
+"""Figures and tables of evaluation results, and their files on disk.
+
+An evaluation directory holds ``summary.json`` (see :meth:`EvalResult.summary`), ``losses.npz``
+(``losses`` ``[seeds, steps]``, ``seeds``) and ``curves.png``. The figure is styled like the
+paper's: x = iterations, y = natural log of the training loss, one line per optimizer at
+ln(mean over seeds), with a min-max band over seeds. Lines are averaged over bins of steps (about
+200 points per curve), as the paper plots a point every ~100 iterations (METHOD.md 6.4).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from l2o.evaluation import EvalResult, diverged_mask
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file and rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+@dataclass
+class Curve:
+    """One line of a figure: a label and the ``[seeds, steps]`` losses."""
+
+    label: str
+    losses: np.ndarray
+
+
+def binned_ln_curve(losses: np.ndarray, points: int = 200):
+    """``(steps, ln mean-over-seeds, ln per-seed min, ln per-seed max)`` averaged in bins.
+
+    Diverged seeds are left out of the line (they are listed in the summary)."""
+    ok = losses[~diverged_mask(losses)] if losses.shape[0] > 1 else losses
+    if ok.size == 0:
+        ok = np.nan_to_num(losses, nan=np.inf)
+    steps = ok.shape[1]
+    width = max(1, steps // points)
+    usable = (steps // width) * width
+    bins = ok[:, :usable].reshape(ok.shape[0], -1, width).mean(axis=2)
+    x = (np.arange(bins.shape[1]) + 1) * width
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return x, np.log(bins.mean(0)), np.log(bins.min(0)), np.log(bins.max(0))
+
+
+def plot_curves(curves: Sequence[Curve], path: Path, title: str = "") -> Path:
+    """Draw curves in the paper's style and save a PNG."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    for i, curve in enumerate(curves):
+        color = f"C{i % 10}"
+        x, mean, lo, hi = binned_ln_curve(curve.losses)
+        ax.plot(x, mean, color=color, lw=1.4, label=curve.label)
+        if curve.losses.shape[0] > 1:
+            ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
+    ax.set_xlabel("Iterations")
+    ax.set_ylabel("Training Loss (log)")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def save_eval(result: EvalResult, out_dir: Path, label: str | None = None) -> dict[str, Any]:
+    """Write ``summary.json``, ``losses.npz`` and ``curves.png`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = result.summary()
+    if label:
+        summary["label"] = label
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf,
+        losses=result.losses.astype(np.float32),
+        seeds=np.asarray(result.seeds),
+        initial_losses=result.initial_losses,
+    )
+    atomic_write_bytes(out_dir / "losses.npz", buf.getvalue())
+    title = f"{result.task} ({len(result.seeds)} seeds, {result.steps} steps)"
+    plot_curves([Curve(label or result.rule, result.losses)], out_dir / "curves.png", title)
+    atomic_write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def load_eval(run_dir: Path) -> tuple[dict[str, Any], np.ndarray]:
+    """``(summary, losses)`` of an evaluation directory, with a clear error when incomplete."""
+    run_dir = Path(run_dir)
+    summary_path, losses_path = run_dir / "summary.json", run_dir / "losses.npz"
+    for p in (summary_path, losses_path):
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"{p} is missing: {run_dir} is not a finished evaluation directory "
+                "(run `l2o evaluate ... --out DIR` first)"
+            )
+    try:
+        summary = json.loads(summary_path.read_text())
+        with np.load(losses_path) as data:
+            losses = data["losses"]
+    except (json.JSONDecodeError, ValueError, KeyError, OSError) as err:
+        raise ValueError(
+            f"{run_dir}: corrupt evaluation files ({err}); re-run the evaluation"
+        ) from err
+    return summary, losses
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def markdown_table(summaries: Sequence[dict[str, Any]]) -> str:
+    """One row per evaluation: final ln loss mean [min, max], checkpoints, divergence, speed."""
+    lines = [
+        "| optimizer | task | steps | seeds | final ln loss mean [min, max] | ln loss @1000 "
+        "| diverged | steps/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        f = s["final_ln_loss"]
+        at = s.get("ln_mean_loss_at", {})
+        lines.append(
+            f"| {s.get('label') or s['rule']} | {s['task']} | {s['steps']} | {len(s['seeds'])} "
+            f"| {_fmt(f['mean'])} [{_fmt(f['min'])}, {_fmt(f['max'])}] | {_fmt(at.get('1000'))} "
+            f"| {len(s['diverged_seeds'])} | {_fmt(s.get('steps_per_second'))} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -22,7 +22,10 @@ def _no_network(*args, **kwargs):
 
 @pytest.fixture(autouse=True)
 def _block_network(monkeypatch):
+    import l2o.data
+
     monkeypatch.setattr(socket.socket, "connect", _no_network)
+    monkeypatch.setattr(l2o.data, "_npm_pack", _no_network)
 
 
 def needs_shared_data():

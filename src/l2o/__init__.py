@@ -3,6 +3,7 @@ Optimize", NeurIPS 2020), on PyTorch."""
 
 from l2o.evaluation import EvalResult, evaluate
 from l2o.layout import Layout, TensorSpec
+from l2o.optim import LearnedOptimizer
 from l2o.registry import load_rule
 from l2o.rules import AnalyticRule, Rule, adam, nag, rmsprop, sgd
 from l2o.tasks import TASKS, ModuleTask, Task, get_task
@@ -14,6 +15,7 @@ __all__ = [
     "AnalyticRule",
     "EvalResult",
     "Layout",
+    "LearnedOptimizer",
     "ModuleTask",
     "Rule",
     "Task",

@@ -165,6 +165,75 @@ def compare(
 
 
 @app.command()
+def train(
+    recipe: Annotated[str | None, typer.Argument(help="recipe name (see --list)")] = None,
+    task: Annotated[str, typer.Option(help="training task")] = "mlp-orig",
+    budget: Annotated[str, typer.Option(help="demo | cpu | paper")] = "cpu",
+    out: Annotated[Path | None, typer.Option(help="output directory")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
+    seed: Annotated[int, typer.Option(help="run seed")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    compile_step: Annotated[
+        bool | None, typer.Option("--compile/--no-compile", help="torch.compile the rule step")
+    ] = None,
+    list_recipes: Annotated[bool, typer.Option("--list", help="list the recipes and exit")] = False,
+) -> None:
+    """Meta-train a learned optimizer with a named RECIPE at a budget."""
+    from l2o.training import RECIPES, Trainer, TrainingError, get_recipe
+
+    if list_recipes or recipe is None:
+        table = Table("recipe", "description", "model", "horizon", "epochs demo/cpu/paper")
+        for r in RECIPES.values():
+            epochs = "/".join(str(r.budgets[b][0]) for b in ("demo", "cpu", "paper"))
+            table.add_row(
+                r.name, r.description, r.settings["model"], str(r.settings.get("horizon")), epochs
+            )
+        Console().print(table)
+        if recipe is None and not list_recipes:
+            raise typer.Exit(2)
+        return
+    try:
+        config = get_recipe(recipe).config(
+            budget, task=task, seed=seed, device=device, compile=compile_step
+        )
+        out = out or Path("runs") / f"{recipe}-{budget}"
+        trainer = Trainer(config, out, resume=resume)
+    except (ValueError, TrainingError) as err:
+        _fail(str(err))
+    console.print(
+        f"training [bold]{recipe}[/] ({config.model}) on {task}, budget {budget}: "
+        f"{config.num_epochs} epochs of {config.horizon} steps, validation every "
+        f"{config.evaluation_period} epochs -> {out}"
+        + (f" (resuming at epoch {trainer.epoch})" if trainer.epoch else "")
+    )
+    with _progress() as bar:
+        job = bar.add_task(recipe, total=config.num_epochs, completed=trainer.epoch, info="")
+        last = {"val": "-"}
+
+        def on_event(event):
+            if event["type"] == "validation":
+                last["val"] = f"{event['score']:.3f}" + (" *" if event["improved"] else "")
+                return
+            bar.update(
+                job,
+                completed=event["epoch"],
+                info=f"H {event['horizon']} meta-loss {event['meta_loss']:.3f} val {last['val']}",
+            )
+
+        summary = trainer.run(on_event)
+    state = "interrupted" if summary.interrupted else "finished"
+    console.print(
+        f"{state} after {summary.epochs_done} epochs in {summary.seconds:.0f} s; best validation "
+        f"score {summary.best_score} at epoch {summary.best_epoch}; skipped meta-steps "
+        f"{summary.skipped_meta_steps}; best checkpoint: {summary.best_path}"
+    )
+    if summary.interrupted:
+        console.print(f"resume with: l2o train {recipe} --budget {budget} --out {out} --resume")
+        raise typer.Exit(130)
+    console.print(f"evaluate with: l2o evaluate {summary.best_path} --task {task}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="output directory")] = Path("runs/demo"),
     steps: Annotated[int, typer.Option(min=1)] = 2000,

@@ -14,6 +14,7 @@ diverged, never silently dropped.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from l2o.rules.base import Rule
-from l2o.tasks.base import Task
+from l2o.tasks.base import Task, generators
 
 DIVERGENCE_THRESHOLD = 1e6
 FINAL_WINDOW = 100
@@ -117,6 +118,14 @@ def summarize_losses(losses: np.ndarray, seeds: Sequence[int]) -> dict[str, Any]
     }
 
 
+def init_rule_state(rule: Rule, x: torch.Tensor, task: Task, seeds: Sequence[int]):
+    """``rule.init``, handing rules with a random initial state (L2O-Scale's initial learning
+    rates) one generator per instance, so a seed's run never depends on its neighbours."""
+    if "generator" in inspect.signature(rule.init).parameters:
+        return rule.init(x, task.layout, generator=generators(seeds, "optimizer"))
+    return rule.init(x, task.layout)
+
+
 def evaluate(
     rule: Rule,
     task: Task,
@@ -158,7 +167,7 @@ def evaluate(
         rule.to(device=device, dtype=dtype)
     x = task.init(seeds, device=device, dtype=dtype)
     stream = task.stream(seeds, split, device=device)
-    state = rule.init(x, task.layout)
+    state = init_rule_state(rule, x, task, seeds)
     record = torch.empty(steps, len(seeds), dtype=torch.float64, device=device)
     initial = None
     done = 0

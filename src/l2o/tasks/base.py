@@ -19,12 +19,20 @@ from torch import Tensor
 from l2o.layout import Layout
 
 #: Offsets that separate the random streams derived from one seed.
-_STREAMS = {"init": 0, "train": 1, "validation": 2, "test": 3, "problem": 4, "scaling": 5}
+_STREAMS = {
+    "init": 0,
+    "train": 1,
+    "validation": 2,
+    "test": 3,
+    "problem": 4,
+    "scaling": 5,
+    "optimizer": 6,
+}
 
 
 def derive_seed(seed: int, stream: str) -> int:
     """A stable 63-bit seed for one named random stream of one instance."""
-    return (int(seed) * 1_000_003 + 7_919 * _STREAMS.get(stream, 6) + 1) % (2**63 - 1)
+    return (int(seed) * 1_000_003 + 7_919 * _STREAMS.get(stream, 7) + 1) % (2**63 - 1)
 
 
 def generators(seeds: Sequence[int], stream: str) -> list[torch.Generator]:

@@ -98,7 +98,7 @@ class ConvTask(Task):
     def logits(self, x: Tensor, images: Tensor) -> Tensor:
         n, b = images.shape[:2]
         p = self.layout.unflatten(x)
-        h = images.transpose(0, 1).reshape(b, n * images.shape[2], *images.shape[3:])
+        h = images.to(x.dtype).transpose(0, 1).reshape(b, n * images.shape[2], *images.shape[3:])
         for i in range(len(self.channels)):
             w = p[f"conv_{i}/w"]
             h = F.conv2d(

@@ -77,7 +77,7 @@ class MLPTask(Task):
 
     def logits(self, x: Tensor, images: Tensor) -> Tensor:
         params = self.layout.unflatten(x)
-        h = images.flatten(2)  # [n, B, 784]
+        h = images.flatten(2).to(x.dtype)  # [n, B, 784]
         depth = len(self.hidden) + 1
         act = ACTIVATIONS[self.activation]
         for i in range(depth):

@@ -1,0 +1,138 @@
+"""Meta-training: the unroll's meta-gradient, resume after a kill, NaN handling, the CLI."""
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from l2o.checkpoint import load_rule_checkpoint, read_card
+from l2o.cli import app
+from l2o.rules import DMRule
+from l2o.tasks import get_task
+from l2o.training import Trainer, TrainingError, get_recipe
+from l2o.training.unroll import detach, start_trajectory, unroll
+
+
+def tiny_config(**overrides):
+    values = dict(
+        task="quadratic", horizon=40, num_epochs=4, evaluation_period=2, evaluation_epochs=3
+    )
+    values.update(overrides)
+    return get_recipe("dm").config("demo", **values)
+
+
+def test_surrogate_gives_the_true_first_order_meta_gradient():
+    """<g_t, x_t> has the same gradient w.r.t. the weights as the sum of the losses, when
+    optimizee gradients are constants (no second derivatives)."""
+    torch.manual_seed(0)
+    task, rule = get_task("quadratic"), DMRule()
+    x0 = task.init([3])
+    stream = task.stream([3])
+    traj = start_trajectory(rule, task, x0, stream)
+    surrogate, losses, _ = unroll(rule, task, traj, stream, 5)
+    auto = torch.autograd.grad(surrogate, list(rule.parameters()))
+
+    # Reference: keep the loss graph, detach only the gradients fed to the rule.
+    batch = stream.next()  # the quadratic's batch is fixed: the same for every step
+    x, state = x0, rule.init(x0, task.layout)
+    total = task.loss(x, batch).sum()
+    for _ in range(5):
+        leaf = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(task.loss(leaf, batch).sum(), leaf)
+        delta, state = rule.step(g, state)
+        x = x + delta
+        total = total + task.loss(x, batch).sum()
+    ref = torch.autograd.grad(total, list(rule.parameters()))
+    assert math.isclose(losses.sum().item(), total.item(), rel_tol=1e-5)
+    for a, b in zip(auto, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_detach_cuts_the_graph():
+    task, rule = get_task("quadratic"), DMRule()
+    traj = start_trajectory(rule, task, task.init([0]), task.stream([0]))
+    _, _, traj = unroll(rule, task, traj, task.stream([0]), 2)
+    cut = detach(traj)
+    assert traj.x.requires_grad and not cut.x.requires_grad
+    assert all(not t.requires_grad for t in cut.rule_state)
+
+
+def test_resume_after_interrupt_gives_the_same_weights(tmp_path):
+    full = Trainer(tiny_config(), tmp_path / "full")
+    full.run()
+
+    part = Trainer(tiny_config(), tmp_path / "part")
+
+    def kill_after_epoch_2(event):
+        if event["type"] == "epoch" and event["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    summary = part.run(kill_after_epoch_2)
+    assert summary.interrupted and summary.epochs_done == 2
+    resumed = Trainer(tiny_config(), tmp_path / "part", resume=True)
+    assert resumed.epoch == 2
+    resumed.run()
+    for a, b in zip(
+        full.rule.state_dict().values(), resumed.rule.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    lines = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines if r["type"] == "epoch"] == [1, 2, 3, 4]
+    card = read_card(tmp_path / "part" / "best.safetensors")
+    assert card["recipe"] == "dm" and card["model"] == "dm" and card["package_version"]
+
+
+def test_existing_run_needs_resume_and_same_settings(tmp_path):
+    Trainer(tiny_config(num_epochs=1), tmp_path / "run").run()
+    with pytest.raises(TrainingError, match="pass --resume"):
+        Trainer(tiny_config(num_epochs=1), tmp_path / "run")
+    with pytest.raises(TrainingError, match="horizon: saved 40 vs now 60"):
+        Trainer(tiny_config(num_epochs=1, horizon=60), tmp_path / "run", resume=True)
+
+
+def test_non_finite_meta_gradients_are_skipped_and_counted(tmp_path):
+    trainer = Trainer(tiny_config(num_epochs=1), tmp_path / "nan")
+    with torch.no_grad():
+        trainer.rule.linear.b.fill_(float("nan"))
+    before = [p.clone() for p in trainer.rule.parameters()]
+    record = trainer.train_epoch()
+    assert record["skipped_meta_steps"] >= 1 and trainer.skipped >= 1
+    for a, b in zip(before, trainer.rule.parameters(), strict=True):
+        torch.testing.assert_close(a, b, equal_nan=True)
+
+
+def test_best_checkpoint_loads_and_evaluates(tmp_path):
+    trainer = Trainer(tiny_config(num_epochs=2), tmp_path / "run")
+    trainer.run()
+    rule = load_rule_checkpoint(tmp_path / "run" / "best.safetensors")
+    assert isinstance(rule, DMRule)
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            str(tmp_path / "run" / "best.safetensors"),
+            "--task",
+            "quadratic",
+            "--steps",
+            "30",
+            "--seeds",
+            "2",
+            "--out",
+            str(tmp_path / "ev"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["rule"] == "dm" and summary["steps"] == 30
+
+
+def test_train_cli_lists_recipes_and_rejects_bad_budget(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--list"])
+    assert result.exit_code == 0
+    for name in ("dm", "dm-aug", "rnnprop"):
+        assert name in result.output
+    result = runner.invoke(app, ["train", "dm", "--budget", "huge", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown budget 'huge'" in result.output

@@ -17,7 +17,12 @@ from l2o.training.unroll import detach, start_trajectory, unroll
 
 def tiny_config(**overrides):
     values = dict(
-        task="quadratic", horizon=40, num_epochs=4, evaluation_period=2, evaluation_epochs=3
+        task="quadratic",
+        horizon=40,
+        num_epochs=4,
+        evaluation_period=2,
+        evaluation_epochs=3,
+        compile=False,
     )
     values.update(overrides)
     return get_recipe("dm").config("demo", **values)

@@ -206,19 +206,33 @@ def train(
         f"{config.evaluation_period} epochs -> {out}"
         + (f" (resuming at epoch {trainer.epoch})" if trainer.epoch else "")
     )
+    start_epoch, start_seconds = trainer.epoch, trainer.seconds
     with _progress() as bar:
         job = bar.add_task(recipe, total=config.num_epochs, completed=trainer.epoch, info="")
         last = {"val": "-"}
 
+        plain = not console.is_terminal  # logs and pipes get periodic plain lines instead
+        every = max(1, config.num_epochs // 20)
+
         def on_event(event):
             if event["type"] == "validation":
                 last["val"] = f"{event['score']:.3f}" + (" *" if event["improved"] else "")
+                if plain:
+                    console.print(
+                        f"epoch {event['epoch']}: validation score {event['score']:.4f} "
+                        f"(best {event['best']:.4f}{', improved' if event['improved'] else ''})"
+                    )
                 return
-            bar.update(
-                job,
-                completed=event["epoch"],
-                info=f"H {event['horizon']} meta-loss {event['meta_loss']:.3f} val {last['val']}",
-            )
+            info = f"H {event['horizon']} meta-loss {event['meta_loss']:.3f} val {last['val']}"
+            bar.update(job, completed=event["epoch"], info=info)
+            if plain and event["epoch"] % every == 0:
+                done = event["epoch"] - start_epoch
+                eta = event["seconds"] - start_seconds
+                eta = eta / done * (config.num_epochs - event["epoch"]) if done else 0
+                console.print(
+                    f"epoch {event['epoch']}/{config.num_epochs} {info} "
+                    f"[{event['seconds']:.0f} s, ETA {eta:.0f} s]"
+                )
 
         summary = trainer.run(on_event)
     state = "interrupted" if summary.interrupted else "finished"
@@ -234,17 +248,66 @@ def train(
 
 
 @app.command()
+def pretrained() -> None:
+    """List the optimizers that load by name (the paper's own trained weights)."""
+    from l2o.rules.paper import PAPER_CHECKPOINTS, paper_checkpoint_dir
+
+    table = Table("name", "model", "file")
+    folder = paper_checkpoint_dir()
+    for name, (kind, file) in PAPER_CHECKPOINTS.items():
+        table.add_row(name, kind, str(folder / file))
+    Console().print(table)
+    console.print(
+        "paper:* are the trained weights of Chen et al. (NeurIPS 2020), "
+        "VITA-Group/L2O-Training-Techniques, MIT licence"
+    )
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="output directory")] = Path("runs/demo"),
-    steps: Annotated[int, typer.Option(min=1)] = 2000,
-    seeds: Annotated[int, typer.Option(min=1)] = 5,
+    steps: Annotated[int, typer.Option(min=1, help="evaluation steps")] = 1000,
+    seeds: Annotated[int, typer.Option(min=1, help="evaluation seeds")] = 5,
 ) -> None:
-    """The main job: compare the analytic optimizers on MLP-orig (becomes the L2O demo later)."""
+    """The main job: meta-train RNNprop (demo budget), then compare it on MLP-orig with Adam and
+    the paper's own trained L2O-DM-CL-IL and RNNprop-CL-IL. Re-running resumes what is done."""
+    from l2o.training import Trainer, get_recipe
+
+    out = Path(out)
+    train_dir = out / "rnnprop-demo"
+    config = get_recipe("rnnprop").config("demo")
+    resume = (train_dir / "train_state.pt").exists()
+    trainer = Trainer(config, train_dir, resume=resume)
+    if trainer.epoch < config.num_epochs:
+        console.print(
+            f"[bold]1/2[/] meta-training RNNprop on mlp-orig ({config.num_epochs} epochs)"
+        )
+        with _progress() as bar:
+            job = bar.add_task("rnnprop", total=config.num_epochs, completed=trainer.epoch, info="")
+            summary = trainer.run(
+                lambda e: (
+                    e["type"] == "epoch"
+                    and bar.update(
+                        job, completed=e["epoch"], info=f"meta-loss {e['meta_loss']:.3f}"
+                    )
+                )
+            )
+        if summary.interrupted:
+            console.print("[yellow]interrupted; run `make demo` again to resume")
+            raise typer.Exit(130)
+    best = train_dir / "best.safetensors"
+    console.print(f"[bold]2/2[/] evaluating on mlp-orig ({steps} steps, {seeds} seeds, test split)")
+    entries = [
+        (str(best), None, "rnnprop (ours, demo budget)"),
+        ("paper:rnnprop-cl-il", None, "paper:rnnprop-cl-il"),
+        ("paper:dm-cl-il", None, "paper:dm-cl-il"),
+        ("adam", 0.01, "adam (lr 0.01)"),
+    ]
     dirs = []
-    for rule in ("adam", "rmsprop", "nag", "sgd"):
-        lr = {"sgd": 0.5, "nag": 0.1}.get(rule, 0.01)
-        d = Path(out) / f"{rule}-mlp-orig"
-        run_evaluation(rule, "mlp-orig", steps, seeds, lr, "cpu", {}, d, f"{rule} (lr {lr:g})")
+    for spec, lr, label in entries:
+        d = out / label.split(" ")[0].replace(":", "-")
+        if not (d / "summary.json").exists():
+            run_evaluation(spec, "mlp-orig", steps, seeds, lr, "cpu", {}, d, label)
         dirs.append(d)
     compare(dirs, out)
 

@@ -31,7 +31,8 @@ class TrainConfig:
             losses) or ``trajectory`` (sum over runs of the mean loss over the whole horizon).
         seed: the run's seed; every epoch's optimizee seeds derive from it and the epoch number.
         device: ``cpu`` or ``cuda``.
-        compile: ``torch.compile`` the learned rule's step.
+        compile: ``torch.compile`` the learned rule's step (falls back to eager if it fails;
+            measured 1.27x faster meta-training on the 2-core CPU, docs/performance.md).
     """
 
     recipe: str = "dm"
@@ -53,7 +54,7 @@ class TrainConfig:
     validation_score: str = "last-unroll"
     seed: int = 0
     device: str = "cpu"
-    compile: bool = False
+    compile: bool = True
 
     def __post_init__(self) -> None:
         if self.horizon % self.unroll_length:

@@ -16,6 +16,7 @@ import inspect
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,8 +117,9 @@ class Trainer:
         elif resume and self.out.exists() and any(self.out.iterdir()):
             raise TrainingError(f"--resume: no {TRAIN_STATE} in {self.out}; nothing to resume")
         self.step_fn = self.rule.step
+        self._compiled = None
         if config.compile:
-            self.step_fn = torch.compile(self.rule.step, dynamic=False)
+            self._compiled = torch.compile(self.rule.step, dynamic=False)
 
     # -- state ---------------------------------------------------------------------------------
     def _init_weights(self, seed: int) -> None:
@@ -247,6 +249,18 @@ class Trainer:
         return self.rule.init(x, layout, generator=generator)
 
     def step(self, grad, state):
+        if self._compiled is not None:
+            try:
+                out = self._compiled(grad, state)
+                self.step_fn, self._compiled = self._compiled, None
+                return out
+            except Exception as err:  # no C compiler, unsupported backend, ...
+                warnings.warn(
+                    f"torch.compile of the rule step failed ({type(err).__name__}: {err}); "
+                    "training continues in eager mode (pass --no-compile to skip compiling)",
+                    stacklevel=2,
+                )
+                self._compiled = None
         return self.step_fn(grad, state)
 
     @torch.no_grad()

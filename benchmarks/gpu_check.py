@@ -1,0 +1,308 @@
+"""All GPU checks in one short script: correctness on ``cuda`` against the CPU, speed of
+meta-training and evaluation, and the full evaluation grid (paper checkpoints, our checkpoints and
+Adam on the five tasks, 10 seeds x 10,000 steps) run as parallel worker processes on one GPU.
+
+Usage (on the GPU machine, from the repository root)::
+
+    python benchmarks/gpu_check.py --out $OUT [--steps 10000] [--seeds 10] [--workers 8]
+        [--grid-deadline 300] [--checkpoints runs/dm-cpu/best.safetensors ...]
+
+Writes ``gpu_check.json`` (correctness and speed) and ``eval_grid.json`` (one summary plus binned
+curves per evaluation), updated as results arrive so that a timeout loses nothing finished.
+
+The GPU machine cannot reach ``../shared``: point ``L2O_DATA_DIR`` at a copy of MNIST and pass
+``--cifar-test-zip`` with a zip of the CIFAR-10 *test* images only (the whole JPEG copy does not fit
+the transfer limit; evaluation trajectories only read the test split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - T0:7.1f}s] {msg}", flush=True)
+
+
+def install_cifar_test_shim(zip_path: str | None) -> None:
+    """Serve CIFAR-10 from a test-only zip (train split empty) in this process."""
+    if not zip_path:
+        return
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    import l2o.data as data
+    import l2o.tasks.datasets as datasets
+
+    cache: dict = {}
+
+    def load(name, root=None, *, download=True):
+        if name != "cifar10":
+            return data.load_dataset(name, root, download=download)
+        if "ds" not in cache:
+            zf = zipfile.ZipFile(zip_path)
+            names = sorted(
+                (n for n in zf.namelist() if n.endswith(".jpg")),
+                key=lambda n: (data.CIFAR10_CLASSES.index(n.split("/")[1]), n),
+            )
+            images = np.stack(
+                [np.asarray(Image.open(io.BytesIO(zf.read(n))).convert("RGB")) for n in names]
+            )
+            labels = np.array(
+                [data.CIFAR10_CLASSES.index(n.split("/")[1]) for n in names], np.int64
+            )
+            empty = np.zeros((0, 32, 32, 3), np.uint8)
+            cache["ds"] = data.Dataset(
+                "cifar10",
+                empty,
+                np.zeros(0, np.int64),
+                images,
+                labels,
+                "CIFAR-10 (JPEG copy), test split only",
+            )
+        return cache["ds"]
+
+    datasets.load_dataset = load
+
+
+def binned(losses: np.ndarray, points: int = 200) -> dict:
+    steps = losses.shape[1]
+    width = max(1, steps // points)
+    usable = (steps // width) * width
+    b = losses[:, :usable].reshape(losses.shape[0], -1, width).mean(2)
+    return {"width": width, "per_seed": np.round(b, 9).tolist()}
+
+
+def grid_job(spec: str, task: str, steps: int, seeds: int, lr, zip_path, device: str) -> dict:
+    install_cifar_test_shim(zip_path)
+    from l2o import evaluate, get_task, load_rule
+
+    torch.set_num_threads(1)
+    rule = load_rule(spec, lr=lr)
+    result = evaluate(rule, get_task(task), steps, list(range(seeds)), device=device)
+    summary = result.summary()
+    summary["label"] = spec if lr is None else f"{spec} (lr {lr:g})"
+    summary["curve"] = binned(result.losses)
+    return summary
+
+
+def correctness(zip_path: str | None) -> dict:
+    from l2o import LearnedOptimizer, evaluate, get_task, load_rule
+    from l2o.rules import ScaleRule
+    from l2o.training import Trainer, get_recipe
+
+    out = {}
+
+    def compare(name, fn):
+        try:
+            a, b = fn("cpu"), fn("cuda")
+            out[name] = {"cpu": a, "cuda": b}
+            log(f"correctness {name}: cpu {a} cuda {b}")
+        except Exception as err:
+            out[name] = {"error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()}
+            log(f"correctness {name} FAILED: {err}")
+
+    def ev(spec, task, steps, seeds=2):
+        def run(device):
+            r = evaluate(load_rule(spec), get_task(task), steps, list(range(seeds)), device=device)
+            return {
+                "first_losses": np.round(r.losses[:, :5], 6).tolist(),
+                "final_ln_loss": r.summary()["final_ln_loss"]["per_seed"],
+            }
+
+        return run
+
+    compare("paper:dm-cl-il mlp-orig 300 steps", ev("paper:dm-cl-il", "mlp-orig", 300))
+    compare(
+        "paper:rnnprop-cl-il mlp-deeper 300 steps", ev("paper:rnnprop-cl-il", "mlp-deeper", 300)
+    )
+    compare("adam conv-mnist 100 steps", ev("adam", "conv-mnist", 100))
+
+    def scale_run(device):
+        r = evaluate(ScaleRule(), get_task("mlp-orig"), 100, [0, 1], device=device)
+        return {
+            "first_losses": np.round(r.losses[:, :5], 6).tolist(),
+            "final_ln_loss": r.summary()["final_ln_loss"]["per_seed"],
+        }
+
+    torch.manual_seed(0)
+    compare("scale (untrained, seeded) mlp-orig 100 steps", scale_run)
+
+    def train_epoch(device):
+        import tempfile
+
+        cfg = get_recipe("dm").config("demo", device=device, compile=False)
+        tr = Trainer(cfg, tempfile.mkdtemp())
+        recs = [tr.train_epoch() for _ in range(2)]
+        return [round(r["mean_meta_loss"], 5) for r in recs]
+
+    compare("dm meta-training, 2 epochs, mean meta-loss", train_epoch)
+
+    def user_model(device):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+        model = model.to(device)
+        x = torch.randn(64, 8, device=device)
+        y = (x[:, 0] > 0).long()
+        opt = LearnedOptimizer(model.parameters(), "paper:dm-cl-il")
+        losses = []
+        for _ in range(50):
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return [round(losses[0], 5), round(losses[-1], 5)]
+
+    compare("LearnedOptimizer on a user model, loss first/last", user_model)
+    return out
+
+
+def speed_checks() -> dict:
+    import tempfile
+
+    from common import median, timed
+    from l2o import evaluate, get_task, load_rule
+    from l2o.rules import ScaleRule
+    from l2o.training import Trainer, get_recipe
+
+    out = {}
+    for model, recipe in (("dm", "dm"), ("rnnprop", "rnnprop")):
+        for compiled in (False, True):
+            key = f"meta_training {model} {'compiled' if compiled else 'eager'}"
+            try:
+                cfg = get_recipe(recipe).config("demo", device="cuda", compile=compiled)
+                tr = Trainer(cfg, tempfile.mkdtemp())
+                tr.train_epoch()
+                tr.train_epoch()
+                t = timed(tr.train_epoch, 3)
+                out[key] = {"epoch_seconds": t, "steps_per_second": cfg.horizon / median(t)}
+            except Exception as err:
+                out[key] = {"error": f"{type(err).__name__}: {err}"}
+            log(f"speed {key}: {out[key]}")
+    task = get_task("mlp-orig")
+    for spec in ("adam", "paper:dm-cl-il", "paper:rnnprop-cl-il", "scale"):
+        for seeds in (10, 100):
+            key = f"evaluate {spec} mlp-orig {seeds} seeds"
+            try:
+                rule = ScaleRule() if spec == "scale" else load_rule(spec)
+                evaluate(rule, task, 20, list(range(seeds)), device="cuda")
+                t = timed(
+                    lambda r=rule, n=seeds: evaluate(r, task, 300, list(range(n)), device="cuda"), 2
+                )
+                out[key] = {
+                    "seconds_300_steps": t,
+                    "steps_per_second": 300 / median(t),
+                    "seed_steps_per_second": 300 * seeds / median(t),
+                }
+            except Exception as err:
+                out[key] = {"error": f"{type(err).__name__}: {err}"}
+            log(f"speed {key}: {out[key]}")
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=10_000)
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--grid-deadline", type=float, default=300.0, help="stop starting jobs after")
+    p.add_argument("--cifar-test-zip", default=None)
+    p.add_argument("--checkpoints", nargs="*", default=[])
+    p.add_argument("--skip", nargs="*", default=[], choices=["correctness", "speed", "grid"])
+    p.add_argument("--device", default="cuda")
+    a = p.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    install_cifar_test_shim(a.cifar_test_zip)
+    from common import machine
+
+    report = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
+    grid_path, report_path = out / "eval_grid.json", out / "gpu_check.json"
+
+    def save():
+        report["elapsed_seconds"] = round(time.perf_counter() - T0, 1)
+        report_path.write_text(json.dumps(report, indent=2))
+
+    tasks = ["mlp-orig", "mlp-relu", "mlp-deeper", "conv-mnist", "conv-cifar"]
+    paper = [
+        "paper:dm-cl-il",
+        "paper:rnnprop-cl-il",
+        "paper:dm",
+        "paper:rnnprop",
+        "paper:dm-cl",
+        "paper:dm-il",
+        "paper:dm-aug",
+    ]
+    jobs = [(spec, t, None) for spec in paper[:2] for t in tasks[:3]]
+    jobs += [("adam", t, 0.01) for t in tasks]
+    jobs += [(c, t, None) for c in a.checkpoints for t in tasks[:2]]
+    jobs += [(spec, t, None) for spec in paper[:2] for t in tasks[3:]]
+    jobs += [(spec, t, None) for spec in paper[2:] for t in tasks]
+    jobs += [(c, t, None) for c in a.checkpoints for t in tasks[2:]]
+    grid: list[dict] = []
+    pool = None
+    futures = {}
+    if "grid" not in a.skip:
+        import multiprocessing as mp
+
+        pool = ProcessPoolExecutor(a.workers, mp_context=mp.get_context("spawn"))
+        for job in jobs:
+            futures[
+                pool.submit(
+                    grid_job, job[0], job[1], a.steps, a.seeds, job[2], a.cifar_test_zip, a.device
+                )
+            ] = job
+        log(f"grid: {len(jobs)} jobs submitted to {a.workers} workers")
+    if "correctness" not in a.skip:
+        report["correctness"] = correctness(a.cifar_test_zip)
+        save()
+    if "speed" not in a.skip:
+        report["speed"] = speed_checks()
+        save()
+    if pool is not None:
+        deadline = T0 + a.grid_deadline
+        pending = set(futures)
+        try:
+            for fut in as_completed(futures, timeout=max(1.0, deadline - time.perf_counter())):
+                pending.discard(fut)
+                job = futures[fut]
+                try:
+                    res = fut.result()
+                    grid.append(res)
+                    f = res["final_ln_loss"]["mean"]
+                    log(f"grid {job[0]} {job[1]}: final ln {f} ({res['steps_per_second']} steps/s)")
+                except Exception as err:
+                    grid.append({"label": job[0], "task": job[1], "error": str(err)})
+                    log(f"grid {job} FAILED: {err}")
+                grid_path.write_text(json.dumps(grid))
+        except TimeoutError:
+            log(f"grid deadline: {len(pending)} jobs not finished")
+        for fut in pending:
+            fut.cancel()
+        report["grid_unfinished"] = [list(futures[f][:2]) for f in pending]
+        save()
+        pool.shutdown(wait=False, cancel_futures=True)
+    save()
+    log("done")
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -69,3 +69,87 @@ def test_console_script_runs():
         [sys.executable, "-m", "l2o.cli", "--help"], capture_output=True, text=True
     )
     assert out.returncode == 0 and "evaluate" in out.stdout
+
+
+def test_train_then_resume_then_evaluate_from_the_command_line(tmp_path):
+    out = tmp_path / "dm"
+    args = [
+        "train",
+        "dm",
+        "--task",
+        "quadratic",
+        "--budget",
+        "demo",
+        "--epochs",
+        "2",
+        "--evaluation-period",
+        "1",
+        "--no-compile",
+        "--out",
+        str(out),
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "finished after 2 epochs" in result.output
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["type"] for r in lines].count("validation") == 2
+    card = json.loads((out / "best.json").read_text())
+    assert card["recipe"] == "dm" and card["budget"] == "demo" and card["task"] == "quadratic"
+    # the same command again refuses to overwrite; --resume with more epochs is a different run
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "pass --resume" in result.output
+    result = runner.invoke(app, [*args, "--resume"])
+    assert result.exit_code == 0 and "finished after 2 epochs" in result.output
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(out / "best.safetensors"),
+            "--task",
+            "quadratic",
+            "--steps",
+            "20",
+            "--seeds",
+            "2",
+            "--out",
+            str(tmp_path / "ev"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_corrupt_and_foreign_checkpoints_are_clear_errors(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    result = runner.invoke(app, ["evaluate", str(bad), "--steps", "5"])
+    assert result.exit_code == 2 and "not a readable safetensors checkpoint" in result.output
+    import torch
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(3)}, str(foreign))
+    result = runner.invoke(app, ["evaluate", str(foreign), "--steps", "5"])
+    assert result.exit_code == 2 and "not an l2o checkpoint" in result.output
+
+
+def test_corrupt_training_state_is_a_clear_error(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "train_state.pt").write_bytes(b"garbage, not a torch file")
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "dm",
+            "--task",
+            "quadratic",
+            "--epochs",
+            "1",
+            "--no-compile",
+            "--out",
+            str(out),
+            "--resume",
+        ],
+    )
+    assert result.exit_code == 2 and "not a readable l2o training state" in result.output
+    assert "delete it" in result.output

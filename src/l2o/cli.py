@@ -176,6 +176,12 @@ def train(
     compile_step: Annotated[
         bool | None, typer.Option("--compile/--no-compile", help="torch.compile the rule step")
     ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="override the budget's number of epochs")
+    ] = None,
+    evaluation_period: Annotated[
+        int | None, typer.Option(min=1, help="override the budget's validation cadence (epochs)")
+    ] = None,
     list_recipes: Annotated[bool, typer.Option("--list", help="list the recipes and exit")] = False,
 ) -> None:
     """Meta-train a learned optimizer with a named RECIPE at a budget."""
@@ -194,7 +200,13 @@ def train(
         return
     try:
         config = get_recipe(recipe).config(
-            budget, task=task, seed=seed, device=device, compile=compile_step
+            budget,
+            task=task,
+            seed=seed,
+            device=device,
+            compile=compile_step,
+            num_epochs=epochs,
+            evaluation_period=evaluation_period,
         )
         out = out or Path("runs") / f"{recipe}-{budget}"
         trainer = Trainer(config, out, resume=resume)

@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from l2o.layout import Layout
-from l2o.tasks.base import ParamInit, Task
-from l2o.tasks.datasets import MinibatchStream
+from l2o.tasks.base import ParamInit
+from l2o.tasks.datasets import ImageClassificationTask
 
 BN_EPS = 1e-3  # tf.layers.batch_normalization's default
 
 
-class ConvTask(Task):
+class ConvTask(ImageClassificationTask):
     """A population of small conv nets on MNIST (``dataset="mnist"``, stride 1) or CIFAR-10
     (``dataset="cifar10"``, stride 2).
 
@@ -90,11 +90,6 @@ class ConvTask(Task):
             "sampling": self.sampling,
         }
 
-    def stream(self, seeds, split=None, device="cpu") -> MinibatchStream:
-        return MinibatchStream(
-            self.dataset, split or self.eval_split, seeds, self.batch_size, device, self.sampling
-        )
-
     def logits(self, x: Tensor, images: Tensor) -> Tensor:
         n, b = images.shape[:2]
         p = self.layout.unflatten(x)
@@ -117,10 +112,3 @@ class ConvTask(Task):
         h = h.reshape(b, n, -1).transpose(0, 1)  # [n, B, C*H*W] per instance
         logits = torch.baddbmm(p["linear/b"].unsqueeze(1), h, p["linear/w"])
         return torch.relu(logits) if self.relu_logits else logits
-
-    def loss(self, x: Tensor, batch) -> Tensor:
-        images, labels = batch
-        logits = self.logits(x, images)
-        n, b, c = logits.shape
-        ce = F.cross_entropy(logits.reshape(n * b, c), labels.reshape(n * b), reduction="none")
-        return ce.view(n, b).mean(1)

@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from l2o.data import load_dataset
-from l2o.tasks.base import BatchStream, generators
+from l2o.tasks.base import BatchStream, Task, generators
 
 #: MNIST's "train" split is the 55,000 images after the first 5,000, which ``read_data_sets``
 #: (used by the original code) holds out as "validation".
@@ -95,3 +96,28 @@ class MinibatchStream(BatchStream):
         idx = self.indices().to(self.images.device, non_blocking=True)
         images = self.images[idx].float().div_(255.0)
         return images, self.labels[idx]
+
+
+class ImageClassificationTask(Task):
+    """A task whose loss is the mean softmax cross-entropy of ``logits`` on minibatches of
+    ``dataset``. Subclasses set ``dataset``, ``batch_size``, ``sampling`` and define ``logits``."""
+
+    dataset: str
+    batch_size: int
+    sampling: str
+
+    def stream(self, seeds, split=None, device="cpu") -> MinibatchStream:
+        return MinibatchStream(
+            self.dataset, split or self.eval_split, seeds, self.batch_size, device, self.sampling
+        )
+
+    def logits(self, x: Tensor, images: Tensor) -> Tensor:
+        """``[n, B, classes]`` logits of population ``x`` on per-instance ``images``."""
+        raise NotImplementedError
+
+    def loss(self, x: Tensor, batch) -> Tensor:
+        images, labels = batch
+        logits = self.logits(x, images)
+        n, b, c = logits.shape
+        ce = F.cross_entropy(logits.reshape(n * b, c), labels.reshape(n * b), reduction="none")
+        return ce.view(n, b).mean(1)

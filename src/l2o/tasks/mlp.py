@@ -10,17 +10,16 @@ import itertools
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from l2o.layout import Layout
-from l2o.tasks.base import ParamInit, Task
-from l2o.tasks.datasets import MinibatchStream
+from l2o.tasks.base import ParamInit
+from l2o.tasks.datasets import ImageClassificationTask
 
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh}
 
 
-class MLPTask(Task):
+class MLPTask(ImageClassificationTask):
     """A population of MNIST MLPs evaluated with batched matmuls.
 
     Args:
@@ -46,6 +45,7 @@ class MLPTask(Task):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, not {activation!r}")
         self.name = name
+        self.dataset = "mnist"
         self.hidden = tuple(hidden)
         self.activation = activation
         self.init_std = init_std
@@ -70,11 +70,6 @@ class MLPTask(Task):
             "sampling": self.sampling,
         }
 
-    def stream(self, seeds, split=None, device="cpu") -> MinibatchStream:
-        return MinibatchStream(
-            "mnist", split or self.eval_split, seeds, self.batch_size, device, self.sampling
-        )
-
     def logits(self, x: Tensor, images: Tensor) -> Tensor:
         params = self.layout.unflatten(x)
         h = images.flatten(2).to(x.dtype)  # [n, B, 784]
@@ -85,10 +80,3 @@ class MLPTask(Task):
             if i < depth - 1:
                 h = act(h)
         return h
-
-    def loss(self, x: Tensor, batch) -> Tensor:
-        images, labels = batch
-        logits = self.logits(x, images)
-        n, b, c = logits.shape
-        ce = F.cross_entropy(logits.reshape(n * b, c), labels.reshape(n * b), reduction="none")
-        return ce.view(n, b).mean(1)

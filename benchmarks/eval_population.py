@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from common import median, timed, write
 from l2o import evaluate, get_task, load_rule
 
@@ -35,12 +37,28 @@ def main() -> None:
         for s in seeds:
             evaluate(load_rule(a.rule), task, a.steps, [s], device=a.device)
 
+    learned = isinstance(load_rule(a.rule), torch.nn.Module)
+    compiled_rule = load_rule(a.rule)
+
+    def batched_compiled():
+        evaluate(compiled_rule, task, a.steps, seeds, device=a.device, compile=True)
+
     batched()  # warm-up (data loading, allocator)
-    t_batched, t_seq = [], []
+    if learned:
+        batched_compiled()  # warm-up: compilation
+    t_batched, t_seq, t_comp = [], [], []
     for _ in range(a.repeats):
         t_batched += timed(batched, 1)
         t_seq += timed(sequential, 1)
+        if learned:
+            t_comp += timed(batched_compiled, 1)
     mb, ms = median(t_batched), median(t_seq)
+    extra = {}
+    if learned:
+        extra = {
+            "batched_compiled_seconds": t_comp,
+            "compile_speedup_median": mb / median(t_comp),
+        }
     write(
         f"eval_population-{a.rule.replace(':', '-')}-{a.task}-{a.device}",
         {
@@ -54,6 +72,7 @@ def main() -> None:
             "batched_seed_steps_per_second": a.seeds * a.steps / mb,
             "sequential_seed_steps_per_second": a.seeds * a.steps / ms,
             "speedup_median": ms / mb,
+            **extra,
         },
         a.out,
     )

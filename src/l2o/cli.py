@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -54,7 +55,9 @@ def _progress() -> Progress:
     )
 
 
-def run_evaluation(rule_spec, task_name, steps, seeds, lr, device, task_options, out, label=None):
+def run_evaluation(
+    rule_spec, task_name, steps, seeds, lr, device, task_options, out, label=None, compile=True
+):
     """Evaluate one rule on one task with a progress bar; write the result files into ``out``."""
     from l2o.evaluation import evaluate
     from l2o.registry import load_rule
@@ -80,7 +83,9 @@ def run_evaluation(rule_spec, task_name, steps, seeds, lr, device, task_options,
             info = f"ln loss {math.log(mean):+.3f}" if math.isfinite(mean) and mean > 0 else "nan"
             bar.update(job, completed=t, info=info)
 
-        result = evaluate(rule, task, steps, seed_list, device=device, callback=on_step)
+        result = evaluate(
+            rule, task, steps, seed_list, device=device, callback=on_step, compile=compile
+        )
     summary = save_eval(result, Path(out), label=label)
     if result.interrupted:
         console.print(f"[yellow]interrupted after {result.steps} steps; partial results in {out}")
@@ -116,6 +121,9 @@ def evaluate_cmd(
     task_option: Annotated[
         list[str] | None, typer.Option(help="task option KEY=VALUE, e.g. init_std=1.0 (repeatable)")
     ] = None,
+    compile_step: Annotated[
+        bool, typer.Option("--compile/--no-compile", help="torch.compile a learned rule's step")
+    ] = True,
 ) -> None:
     """Run RULE on TASK for STEPS steps over SEEDS seeds.
 
@@ -125,7 +133,7 @@ def evaluate_cmd(
     safe = rule.replace(":", "-").replace("/", "_")
     out = out or Path("runs") / "eval" / f"{safe}-{task}"
     summary = run_evaluation(
-        rule, task, steps, seeds, lr, device, _parse_options(task_option), out, label
+        rule, task, steps, seeds, lr, device, _parse_options(task_option), out, label, compile_step
     )
     f = summary["final_ln_loss"]
     console.print(
@@ -326,6 +334,8 @@ def demo(
 
 def main() -> None:
     """Entry point of the ``l2o`` console script."""
+    # Tiny (denormal) floats make the LSTMs' sigmoids several times slower on CPUs.
+    torch.set_flush_denormal(True)
     try:
         app()
     except KeyboardInterrupt:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from l2o.compiling import CompiledStep
 from l2o.rules.base import Rule
 from l2o.tasks.base import Task, generators
 
@@ -137,6 +138,7 @@ def evaluate(
     dtype: torch.dtype = torch.float32,
     callback: Callable[[int, torch.Tensor], None] | None = None,
     callback_every: int = 50,
+    compile: bool = False,
 ) -> EvalResult:
     """Run ``rule`` on ``len(seeds)`` instances of ``task`` for ``steps`` steps, as one population.
 
@@ -149,6 +151,7 @@ def evaluate(
             for the paper's tasks, as in the original).
         device, dtype: where and in which precision to run.
         callback: called as ``callback(t, losses_t)`` every ``callback_every`` steps (progress).
+        compile: ``torch.compile`` the rule's step (learned rules; eager fallback on failure).
 
     Returns:
         An :class:`EvalResult`. Ctrl-C stops early and returns the steps completed so far with
@@ -168,6 +171,7 @@ def evaluate(
     x = task.init(seeds, device=device, dtype=dtype)
     stream = task.stream(seeds, split, device=device)
     state = init_rule_state(rule, x, task, seeds)
+    step = CompiledStep(rule.step) if compile and isinstance(rule, torch.nn.Module) else rule.step
     record = torch.empty(steps, len(seeds), dtype=torch.float64, device=device)
     initial = None
     done = 0
@@ -189,7 +193,7 @@ def evaluate(
                     break
                 (grad,) = torch.autograd.grad(loss.sum(), x)
                 with torch.no_grad():
-                    delta, state = rule.step(grad, state)
+                    delta, state = step(grad, state)
                     x = x.detach() + delta
     except KeyboardInterrupt:
         interrupted = True

@@ -101,7 +101,7 @@ def grid_job(spec: str, task: str, steps: int, seeds: int, lr, zip_path, device:
     return summary
 
 
-def correctness(zip_path: str | None) -> dict:
+def correctness(zip_path: str | None, device: str = "cuda", scale_steps: int = 300) -> dict:
     from l2o import LearnedOptimizer, evaluate, get_task, load_rule
     from l2o.rules import ScaleRule
     from l2o.training import Trainer, get_recipe
@@ -110,8 +110,8 @@ def correctness(zip_path: str | None) -> dict:
 
     def compare(name, fn):
         try:
-            a, b = fn("cpu"), fn("cuda")
-            out[name] = {"cpu": a, "cuda": b}
+            a, b = fn("cpu"), fn(device)
+            out[name] = {"cpu": a, device: b}
             log(f"correctness {name}: cpu {a} cuda {b}")
         except Exception as err:
             out[name] = {"error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()}
@@ -127,11 +127,15 @@ def correctness(zip_path: str | None) -> dict:
 
         return run
 
-    compare("paper:dm-cl-il mlp-orig 300 steps", ev("paper:dm-cl-il", "mlp-orig", 300))
     compare(
-        "paper:rnnprop-cl-il mlp-deeper 300 steps", ev("paper:rnnprop-cl-il", "mlp-deeper", 300)
+        f"paper:dm-cl-il mlp-orig {scale_steps} steps",
+        ev("paper:dm-cl-il", "mlp-orig", scale_steps),
     )
-    compare("adam conv-mnist 100 steps", ev("adam", "conv-mnist", 100))
+    compare(
+        f"paper:rnnprop-cl-il mlp-deeper {scale_steps} steps",
+        ev("paper:rnnprop-cl-il", "mlp-deeper", scale_steps),
+    )
+    compare(f"adam conv-mnist {scale_steps // 3} steps", ev("adam", "conv-mnist", scale_steps // 3))
 
     def scale_run(device):
         r = evaluate(ScaleRule(), get_task("mlp-orig"), 100, [0, 1], device=device)
@@ -173,7 +177,7 @@ def correctness(zip_path: str | None) -> dict:
     return out
 
 
-def speed_checks() -> dict:
+def speed_checks(device: str = "cuda", steps: int = 300) -> dict:
     import tempfile
 
     from common import median, timed
@@ -186,7 +190,7 @@ def speed_checks() -> dict:
         for compiled in (False, True):
             key = f"meta_training {model} {'compiled' if compiled else 'eager'}"
             try:
-                cfg = get_recipe(recipe).config("demo", device="cuda", compile=compiled)
+                cfg = get_recipe(recipe).config("demo", device=device, compile=compiled)
                 tr = Trainer(cfg, tempfile.mkdtemp())
                 tr.train_epoch()
                 tr.train_epoch()
@@ -201,14 +205,16 @@ def speed_checks() -> dict:
             key = f"evaluate {spec} mlp-orig {seeds} seeds"
             try:
                 rule = ScaleRule() if spec == "scale" else load_rule(spec)
-                evaluate(rule, task, 20, list(range(seeds)), device="cuda")
+                evaluate(rule, task, 20, list(range(seeds)), device=device)
                 t = timed(
-                    lambda r=rule, n=seeds: evaluate(r, task, 300, list(range(n)), device="cuda"), 2
+                    lambda r=rule, n=seeds: evaluate(r, task, steps, list(range(n)), device=device),
+                    2,
                 )
                 out[key] = {
-                    "seconds_300_steps": t,
-                    "steps_per_second": 300 / median(t),
-                    "seed_steps_per_second": 300 * seeds / median(t),
+                    "seconds": t,
+                    "steps": steps,
+                    "steps_per_second": steps / median(t),
+                    "seed_steps_per_second": steps * seeds / median(t),
                 }
             except Exception as err:
                 out[key] = {"error": f"{type(err).__name__}: {err}"}
@@ -227,6 +233,7 @@ def main() -> None:
     p.add_argument("--checkpoints", nargs="*", default=[])
     p.add_argument("--skip", nargs="*", default=[], choices=["correctness", "speed", "grid"])
     p.add_argument("--device", default="cuda")
+    p.add_argument("--check-steps", type=int, default=300)
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -271,10 +278,10 @@ def main() -> None:
             ] = job
         log(f"grid: {len(jobs)} jobs submitted to {a.workers} workers")
     if "correctness" not in a.skip:
-        report["correctness"] = correctness(a.cifar_test_zip)
+        report["correctness"] = correctness(a.cifar_test_zip, a.device, a.check_steps)
         save()
     if "speed" not in a.skip:
-        report["speed"] = speed_checks()
+        report["speed"] = speed_checks(a.device, a.check_steps)
         save()
     if pool is not None:
         deadline = T0 + a.grid_deadline

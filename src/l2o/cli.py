@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -78,10 +79,14 @@ def run_evaluation(
     with _progress() as bar:
         job = bar.add_task(f"{label or rule_spec} on {task_name}", total=steps, info="")
 
+        every = max(50, steps // 10)
+
         def on_step(t, losses):
             mean = float(losses.mean())
             info = f"ln loss {math.log(mean):+.3f}" if math.isfinite(mean) and mean > 0 else "nan"
             bar.update(job, completed=t, info=info)
+            if not console.is_terminal and (t % every == 0 or t == steps):
+                console.print(f"{label or rule_spec} on {task_name}: step {t}/{steps}, {info}")
 
         result = evaluate(
             rule, task, steps, seed_list, device=device, callback=on_step, compile=compile
@@ -336,6 +341,8 @@ def main() -> None:
     """Entry point of the ``l2o`` console script."""
     # Tiny (denormal) floats make the LSTMs' sigmoids several times slower on CPUs.
     torch.set_flush_denormal(True)
+    # A polite kill (SIGTERM, e.g. from a job scheduler) stops like Ctrl-C: results are saved.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         app()
     except KeyboardInterrupt:

@@ -32,7 +32,7 @@ _STREAMS = {
 
 def derive_seed(seed: int, stream: str) -> int:
     """A stable 63-bit seed for one named random stream of one instance."""
-    return (int(seed) * 1_000_003 + 7_919 * _STREAMS.get(stream, 7) + 1) % (2**63 - 1)
+    return (int(seed) * 1_000_003 + 7_919 * _STREAMS.get(stream, 8) + 1) % (2**63 - 1)
 
 
 def generators(seeds: Sequence[int], stream: str) -> list[torch.Generator]:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-VALIDATION_SCORES = ("last-unroll", "trajectory")
+VALIDATION_SCORES = ("last-unroll", "trajectory", "final-objective")
+META_OPTIMIZERS = ("adam", "rmsprop")
+OBJECTIVES = ("sum", "log-normalized")
+NONFINITE = ("skip", "zero")
+RULE_STATES = ("reset", "carry")
 
 
 @dataclass
@@ -21,14 +25,28 @@ class TrainConfig:
         num_epochs: training epochs (each a fresh optimizee trajectory of ``horizon`` steps).
         horizon: optimizee steps per epoch (``num_steps`` of the original).
         unroll_length: truncation length T of backpropagation through time (20).
-        meta_lr: Adam learning rate of the meta-optimizer (1e-3).
+        meta_lr: learning rate of the meta-optimizer (Adam 1e-3 for L2O-DM/RNNprop).
+        meta_optimizer: ``adam`` (TF's defaults, L2O-DM/RNNprop) or ``rmsprop`` (L2O-Scale's:
+            decay 0.9, epsilon 1e-20, mean squares initialised to 1 as TF1 does; METHOD.md 3.2).
         instances: optimizee instances per epoch, batched (the paper uses 1).
         random_scaling: Lv et al.'s random scaling augmentation, factors exp(U(-bound, bound)).
         grad_clip: clip the meta-gradient norm to this value (``None``: no clipping, as the paper).
+        grad_clip_value: clip every meta-gradient entry to ``[-v, v]`` (L2O-Scale: 1e4).
+        nonfinite: what a NaN/inf meta-gradient does: ``skip`` the meta-step and count it
+            (L2O-DM/RNNprop here) or ``zero`` the non-finite entries and step (L2O-Scale).
+        objective: the unroll's meta-loss: ``sum`` of the T + 1 minibatch losses (METHOD.md 3.1)
+            or L2O-Scale's ``log-normalized`` mean of log objectives on a data subset (3.2).
+        objective_subset: examples in the meta-objective subset, redrawn every unroll (used by
+            ``log-normalized`` and ``final-objective``; the original's 10,000).
+        rule_state: ``reset`` the rule's state at every epoch (fresh, the default) or ``carry``
+            the final state of an epoch into the next one (the original L2O-Scale code); the
+            optimizee is re-initialised either way and validation always starts fresh.
         evaluation_period: validate every this many epochs.
         evaluation_epochs: validation trajectories per validation (one batched population).
         validation_score: ``last-unroll`` (the original: sum over runs of the last unroll's
-            losses) or ``trajectory`` (sum over runs of the mean loss over the whole horizon).
+            losses), ``trajectory`` (sum over runs of the mean loss over the whole horizon) or
+            ``final-objective`` (L2O-Scale's: mean over runs of the meta-objective ``f_D`` at the
+            last entry of the last unroll's list, i.e. after ``horizon - 1`` updates).
         seed: the run's seed; every epoch's optimizee seeds derive from it and the epoch number.
         device: ``cpu`` or ``cuda``.
         compile: ``torch.compile`` the learned rule's step (falls back to eager if it fails;
@@ -55,20 +73,53 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     compile: bool = True
+    # Added for L2O-Scale (METHOD.md 3.2). Their defaults are the L2O-DM/RNNprop behaviour, and
+    # a saved run without them resumes as long as they keep their defaults (Trainer._restore).
+    meta_optimizer: str = "adam"
+    nonfinite: str = "skip"
+    grad_clip_value: float | None = None
+    objective: str = "sum"
+    objective_subset: int = 10_000
+    rule_state: str = "reset"
 
     def __post_init__(self) -> None:
         if self.horizon % self.unroll_length:
             raise ValueError(
                 f"horizon {self.horizon} must be a multiple of unroll_length {self.unroll_length}"
             )
-        if self.validation_score not in VALIDATION_SCORES:
-            raise ValueError(f"validation_score must be one of {VALIDATION_SCORES}")
-        for name in ("num_epochs", "evaluation_period", "evaluation_epochs", "instances"):
+        for name, allowed in (
+            ("validation_score", VALIDATION_SCORES),
+            ("meta_optimizer", META_OPTIMIZERS),
+            ("objective", OBJECTIVES),
+            ("nonfinite", NONFINITE),
+            ("rule_state", RULE_STATES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("grad_clip", "grad_clip_value"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive or None, got {value}")
+        for name in (
+            "num_epochs",
+            "evaluation_period",
+            "evaluation_epochs",
+            "instances",
+            "objective_subset",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Each setting's default value."""
+        out = {}
+        for f in fields(cls):
+            out[f.name] = f.default_factory() if f.default is MISSING else f.default
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from l2o import __version__
 from l2o.checkpoint import (
@@ -36,12 +37,21 @@ from l2o.report import atomic_write_json
 from l2o.tasks import get_task
 from l2o.tasks.base import derive_seed, generators
 from l2o.training.config import TrainConfig
-from l2o.training.unroll import detach, start_trajectory, unroll
+from l2o.training.unroll import (
+    ObjectiveSubsets,
+    detach,
+    start_trajectory,
+    unroll,
+    unroll_log_objective,
+)
 
 TRAIN_STATE = "train_state.pt"
 BEST = "best.safetensors"
 METRICS = "metrics.jsonl"
 VALIDATION_SEED_BASE = 2**40
+#: L2O-Scale's RMSProp meta-optimizer (METHOD.md 3.2): decay and epsilon.
+RMSPROP_DECAY = 0.9
+RMSPROP_EPS = 1e-20
 
 
 class TrainingError(RuntimeError):
@@ -85,6 +95,24 @@ def validation_score(losses_with_initial, unroll_length: int, kind: str) -> floa
     return score if math.isfinite(score) else math.inf
 
 
+def make_meta_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    """Adam (TF's defaults; L2O-DM/RNNprop) or L2O-Scale's RMSProp.
+
+    The RMSProp is TensorFlow 1's ``tf.train.RMSPropOptimizer`` as the original uses it: decay 0.9,
+    epsilon 1e-20, no momentum, and mean squares initialised to **1** (TF1's slot initialiser;
+    ``torch.optim.RMSprop`` starts them at 0, which would make the first steps about
+    ``lr * sqrt(10)`` per weight whatever the gradient). TF adds epsilon under the square root,
+    torch after it; at 1e-20 the two agree to float precision.
+    """
+    params = list(params)
+    if config.meta_optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.meta_lr)
+    opt = torch.optim.RMSprop(params, lr=config.meta_lr, alpha=RMSPROP_DECAY, eps=RMSPROP_EPS)
+    for p in params:
+        opt.state[p] = {"step": torch.zeros(()), "square_avg": torch.ones_like(p)}
+    return opt
+
+
 class Trainer:
     """Meta-trains a learned rule according to a :class:`TrainConfig`, writing into ``out_dir``."""
 
@@ -94,18 +122,25 @@ class Trainer:
         self.device = torch.device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise TrainingError("device 'cuda' was asked for but CUDA is not available; use cpu")
-        self.task = get_task(config.task, **config.task_options)
+        try:
+            self.task = get_task(config.task, **config.task_options)
+        except TypeError as err:  # an option the task does not take (e.g. quadratic + sampling)
+            raise TrainingError(
+                f"task {config.task!r} does not accept the options {config.task_options}: {err}"
+            ) from err
         self.rule = build_rule(config.model, None)
         if config.model_options:
             self.rule = type(self.rule)(**config.model_options)
         self.rule.to(self.device)
-        self.meta_opt = torch.optim.Adam(self.rule.parameters(), lr=config.meta_lr)
         self.epoch = 0
         self.best_score: float | None = None
         self.best_epoch: int | None = None
         self.skipped = 0
+        self.zeroed = 0
         self.seconds = 0.0
+        self.carried_state: list[torch.Tensor] | None = None
         self._init_weights(config.seed)
+        self.meta_opt = make_meta_optimizer(config, self.rule.parameters())
         state_path = self.out / TRAIN_STATE
         if state_path.exists():
             if not resume:
@@ -141,6 +176,8 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "skipped": self.skipped,
             "seconds": self.seconds,
+            "zeroed": self.zeroed,
+            "carried_rule_state": self.carried_state,
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -148,10 +185,21 @@ class Trainer:
             raise TrainingError(f"{self.out / TRAIN_STATE} is not an l2o training state")
         saved = json.loads(state["config"])
         mine = self.config.to_dict()
-        differ = {k for k in mine if k not in ("device", "compile") and saved.get(k) != mine[k]}
+        defaults = TrainConfig.defaults()
+        # A setting added after the run was saved is absent from its config: it ran with the
+        # setting's default, so it matches exactly when the current value is that default.
+        differ = {
+            k
+            for k in mine
+            if k not in ("device", "compile")
+            and (saved[k] != mine[k] if k in saved else mine[k] != defaults[k])
+        }
         if differ:
             details = ", ".join(
-                f"{k}: saved {saved.get(k)!r} vs now {mine[k]!r}" for k in sorted(differ)
+                f"{k}: saved {saved[k]!r} vs now {mine[k]!r}"
+                if k in saved
+                else f"{k}: saved run predates it (default {defaults[k]!r}) vs now {mine[k]!r}"
+                for k in sorted(differ)
             )
             raise TrainingError(
                 f"cannot resume {self.out}: its run used other settings ({details}); "
@@ -162,6 +210,8 @@ class Trainer:
         self.epoch = state["epoch"]
         self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
         self.skipped, self.seconds = state["skipped"], state["seconds"]
+        self.zeroed = state.get("zeroed", 0)
+        self.carried_state = state.get("carried_rule_state")
         self._truncate_metrics()
 
     def _truncate_metrics(self) -> None:
@@ -213,34 +263,85 @@ class Trainer:
             )
             scale = torch.exp((2 * u - 1) * c.scaling_bound).to(self.device)
         traj = start_trajectory(self, self.task, x0, stream, scale, seeds)
-        meta_losses, skipped = [], 0
+        if c.rule_state == "carry" and self.carried_state is not None:
+            _, spec = tree_flatten(traj.rule_state)
+            traj.rule_state = tree_unflatten([t.to(self.device) for t in self.carried_state], spec)
+        subsets = None
+        if c.objective == "log-normalized":
+            subsets = ObjectiveSubsets(
+                self.task, seeds, self.task.train_split, c.objective_subset, self.device
+            )
+        meta_losses, objectives, f_init = [], [], None
+        outcomes = {"skipped": 0, "zeroed": 0}
         for _ in range(c.horizon // c.unroll_length):
-            surrogate, losses, traj = unroll(self, self.task, traj, stream, c.unroll_length)
-            meta_loss = losses.sum(0).mean().item()
-            meta_losses.append(meta_loss)
-            self.meta_opt.zero_grad(set_to_none=True)
-            if math.isfinite(meta_loss):
-                surrogate.backward()
-            grads = [p.grad for p in self.rule.parameters() if p.grad is not None]
-            finite = bool(grads) and all(torch.isfinite(g).all() for g in grads)
-            if finite and math.isfinite(meta_loss):
-                if c.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(self.rule.parameters(), c.grad_clip)
-                self.meta_opt.step()
+            if subsets is None:
+                surrogate, losses, traj = unroll(self, self.task, traj, stream, c.unroll_length)
+                meta_loss = losses.sum(0).mean().item()
             else:
-                skipped += 1
+                out = unroll_log_objective(
+                    self, self.task, traj, stream, subsets.next(), c.unroll_length, f_init
+                )
+                surrogate, traj, f_init = out.surrogate, out.traj, out.f_init
+                meta_loss = out.meta_loss.mean().item()
+                objectives.append(out.objectives[-1].mean().item())
+            meta_losses.append(meta_loss)
+            outcome = self._meta_step(surrogate, meta_loss)
+            if outcome in outcomes:
+                outcomes[outcome] += 1
             traj = detach(traj)
             if not math.isfinite(meta_loss):
                 break  # the optimizee diverged: nothing more to learn from this trajectory
-        self.skipped += skipped
-        return {
+        if c.rule_state == "carry":
+            leaves, _ = tree_flatten(traj.rule_state)
+            finite = math.isfinite(meta_losses[-1]) and all(
+                torch.isfinite(t).all() for t in leaves if t.is_floating_point()
+            )
+            self.carried_state = [t.detach().cpu() for t in leaves] if finite else None
+        self.skipped += outcomes["skipped"]
+        self.zeroed += outcomes["zeroed"]
+        record = {
             "type": "epoch",
             "epoch": self.epoch + 1,
             "horizon": c.horizon,
             "meta_loss": meta_losses[-1],
             "mean_meta_loss": sum(meta_losses) / len(meta_losses),
-            "skipped_meta_steps": skipped,
+            "skipped_meta_steps": outcomes["skipped"],
         }
+        if c.nonfinite == "zero":
+            record["zeroed_meta_steps"] = outcomes["zeroed"]
+        if objectives:
+            record["objective"] = objectives[-1]  # f_D at the last list entry, mean over instances
+        return record
+
+    def _meta_step(self, surrogate: torch.Tensor, meta_loss: float) -> str:
+        """Backpropagate the surrogate and take one meta-step, treating the meta-gradient as
+        the config says. Returns ``"step"``, ``"zeroed"`` (stepped after zeroing non-finite
+        entries) or ``"skipped"`` (no step: a non-finite meta-loss, or a non-finite gradient with
+        ``nonfinite="skip"``)."""
+        c = self.config
+        self.meta_opt.zero_grad(set_to_none=True)
+        if not math.isfinite(meta_loss):
+            return "skipped"
+        surrogate.backward()
+        grads = [p.grad for p in self.rule.parameters() if p.grad is not None]
+        if not grads:
+            return "skipped"
+        zeroed = False
+        if c.nonfinite == "skip":
+            if not all(torch.isfinite(g).all() for g in grads):
+                return "skipped"
+        else:
+            for g in grads:
+                bad = ~torch.isfinite(g)
+                if bad.any():
+                    g.masked_fill_(bad, 0.0)
+                    zeroed = True
+        if c.grad_clip_value is not None:
+            torch.nn.utils.clip_grad_value_(self.rule.parameters(), c.grad_clip_value)
+        if c.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.rule.parameters(), c.grad_clip)
+        self.meta_opt.step()
+        return "zeroed" if zeroed else "step"
 
     # The trainer is the "rule" the unroll sees, so that a compiled step can stand in.
     def init(self, x, layout, generator=None):
@@ -269,6 +370,8 @@ class Trainer:
         c = self.config
         horizon = horizon or c.horizon
         seeds = [VALIDATION_SEED_BASE + i for i in range(c.evaluation_epochs)]
+        if c.validation_score == "final-objective":
+            return self._final_objective(horizon, seeds)
         result = evaluate(
             self.rule, self.task, horizon, seeds, split=self.task.train_split, device=self.device
         )
@@ -276,6 +379,21 @@ class Trainer:
             [torch.as_tensor(result.initial_losses)[:, None], torch.as_tensor(result.losses)], 1
         )
         return validation_score(full, c.unroll_length, c.validation_score)
+
+    def _final_objective(self, horizon: int, seeds: list[int]) -> float:
+        """L2O-Scale's validation score (METHOD.md 3.2, without its leaks, 8.2 item 4): fresh
+        optimizees and a fresh rule state per seed, ``horizon - 1`` updates on training
+        minibatches, then the meta-objective ``f_D`` (the last entry of the last unroll's list) on
+        a subset drawn from the validation seeds' own stream; the mean over seeds."""
+        c, task = self.config, self.task
+        x0 = task.init(seeds, device=self.device)
+        stream = task.stream(seeds, task.train_split, device=self.device)
+        traj = start_trajectory(self.rule, task, x0, stream, None, seeds)
+        if horizon > 1:
+            _, _, traj = unroll(self.rule, task, traj, stream, horizon - 1)
+        subset = ObjectiveSubsets(task, seeds, task.train_split, c.objective_subset, self.device)
+        score = task.loss(traj.x, subset.next()).mean().item()
+        return score if math.isfinite(score) else math.inf
 
     def save_best(self) -> None:
         save_rule(self.out / BEST, self.rule, self.card())
@@ -327,4 +445,5 @@ class Trainer:
             seconds=self.seconds,
             interrupted=interrupted,
             best_path=str(self.out / BEST) if (self.out / BEST).exists() else None,
+            extra={"zeroed_meta_steps": self.zeroed} if c.nonfinite == "zero" else {},
         )

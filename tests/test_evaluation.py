@@ -78,3 +78,19 @@ def test_bad_arguments():
 def test_float64_runs():
     result = evaluate(adam(), get_task("quadratic"), 20, [0], dtype=torch.float64)
     assert result.losses.shape == (1, 20)
+
+
+@pytest.mark.parametrize("rule_name", ["dm", "rnnprop", "scale"])
+def test_chunked_rule_steps_equal_one_piece(monkeypatch, rule_name):
+    """Stepping a learned rule over chunks of instances changes nothing but speed."""
+    import l2o.evaluation as ev
+    from l2o.rules import DMRule, RNNpropRule, ScaleRule
+
+    torch.manual_seed(0)
+    rule = {"dm": DMRule, "rnnprop": RNNpropRule, "scale": ScaleRule}[rule_name]()
+    task = get_task("mlp-deeper")
+    monkeypatch.setattr(ev, "CHUNK_COORDINATES", 10**9)
+    whole = evaluate(rule, task, 15, [0, 1, 2])
+    monkeypatch.setattr(ev, "CHUNK_COORDINATES", task.num_params)  # one instance per chunk
+    pieces = evaluate(rule, task, 15, [0, 1, 2])
+    np.testing.assert_allclose(pieces.losses, whole.losses, rtol=1e-5)

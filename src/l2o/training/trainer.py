@@ -16,7 +16,6 @@ import inspect
 import json
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from l2o.checkpoint import (
     save_rule,
     save_training_state,
 )
+from l2o.compiling import CompiledStep
 from l2o.evaluation import evaluate
 from l2o.report import atomic_write_json
 from l2o.tasks import get_task
@@ -151,10 +151,7 @@ class Trainer:
             self._restore(load_training_state(state_path))
         elif resume and self.out.exists() and any(self.out.iterdir()):
             raise TrainingError(f"--resume: no {TRAIN_STATE} in {self.out}; nothing to resume")
-        self.step_fn = self.rule.step
-        self._compiled = None
-        if config.compile:
-            self._compiled = torch.compile(self.rule.step, dynamic=False)
+        self.step_fn = CompiledStep(self.rule.step) if config.compile else self.rule.step
 
     # -- state ---------------------------------------------------------------------------------
     def _init_weights(self, seed: int) -> None:
@@ -350,18 +347,6 @@ class Trainer:
         return self.rule.init(x, layout, generator=generator)
 
     def step(self, grad, state):
-        if self._compiled is not None:
-            try:
-                out = self._compiled(grad, state)
-                self.step_fn, self._compiled = self._compiled, None
-                return out
-            except Exception as err:  # no C compiler, unsupported backend, ...
-                warnings.warn(
-                    f"torch.compile of the rule step failed ({type(err).__name__}: {err}); "
-                    "training continues in eager mode (pass --no-compile to skip compiling)",
-                    stacklevel=2,
-                )
-                self._compiled = None
         return self.step_fn(grad, state)
 
     @torch.no_grad()

@@ -57,7 +57,7 @@ RECIPES: dict[str, Recipe] = {
         "dm-aug",
         "L2O-DM-AUG: the baseline with a 500-step horizon (the original README's definition)",
         {"model": "dm", "horizon": 500, "evaluation_epochs": 20},
-        {"demo": (30, 10), "cpu": (200, 20), "paper": (5_000, 100)},
+        {"demo": (12, 6), "cpu": (200, 20), "paper": (5_000, 100)},
     ),
     "rnnprop": Recipe(
         "rnnprop",

@@ -309,14 +309,16 @@ def demo(
         )
         with _progress() as bar:
             job = bar.add_task("rnnprop", total=config.num_epochs, completed=trainer.epoch, info="")
-            summary = trainer.run(
-                lambda e: (
-                    e["type"] == "epoch"
-                    and bar.update(
-                        job, completed=e["epoch"], info=f"meta-loss {e['meta_loss']:.3f}"
-                    )
-                )
-            )
+
+            def on_event(e):
+                if e["type"] != "epoch":
+                    return
+                bar.update(job, completed=e["epoch"], info=f"meta-loss {e['meta_loss']:.3f}")
+                if not console.is_terminal and e["epoch"] % 10 == 0:
+                    n, loss = e["epoch"], e["meta_loss"]
+                    console.print(f"epoch {n}/{config.num_epochs}: meta-loss {loss:.3f}")
+
+            summary = trainer.run(on_event)
         if summary.interrupted:
             console.print("[yellow]interrupted; run `make demo` again to resume")
             raise typer.Exit(130)

@@ -12,7 +12,6 @@ with ``resume=True`` continues exactly as if it had never stopped.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import time
@@ -259,7 +258,7 @@ class Trainer:
                 ]
             )
             scale = torch.exp((2 * u - 1) * c.scaling_bound).to(self.device)
-        traj = start_trajectory(self, self.task, x0, stream, scale, seeds)
+        traj = start_trajectory(self.rule, self.task, x0, stream, scale, seeds)
         if c.rule_state == "carry" and self.carried_state is not None:
             _, spec = tree_flatten(traj.rule_state)
             traj.rule_state = tree_unflatten([t.to(self.device) for t in self.carried_state], spec)
@@ -340,12 +339,8 @@ class Trainer:
         self.meta_opt.step()
         return "zeroed" if zeroed else "step"
 
-    # The trainer is the "rule" the unroll sees, so that a compiled step can stand in.
-    def init(self, x, layout, generator=None):
-        if generator is None or "generator" not in inspect.signature(self.rule.init).parameters:
-            return self.rule.init(x, layout)
-        return self.rule.init(x, layout, generator=generator)
-
+    # The trainer is the rule the unroll steps with, so that a compiled step can stand in;
+    # initial states come from the rule itself (start_trajectory(self.rule, ...)).
     def step(self, grad, state):
         return self.step_fn(grad, state)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from itertools import pairwise
 from typing import Any
 
 VALIDATION_SCORES = ("last-unroll", "trajectory", "final-objective")
@@ -10,6 +11,9 @@ META_OPTIMIZERS = ("adam", "rmsprop")
 OBJECTIVES = ("sum", "log-normalized")
 NONFINITE = ("skip", "zero")
 RULE_STATES = ("reset", "carry")
+IMITATION_MODES = ("alternate", "joint")
+IMITATION_OPTIMIZERS = ("separate", "shared")
+IMITATION_TIME_WEIGHTS = ("sum", "mean")
 
 
 @dataclass
@@ -51,6 +55,28 @@ class TrainConfig:
         device: ``cpu`` or ``cuda``.
         compile: ``torch.compile`` the learned rule's step (falls back to eager if it fails;
             measured 1.27x faster meta-training on the 2-core CPU, docs/performance.md).
+        curriculum: training horizons of the validation-gated curriculum (METHOD.md 4), or
+            ``None`` for a fixed ``horizon``. With a curriculum, ``horizon`` is ignored, each
+            stage validates on the next stage's horizon, and ``num_epochs`` caps the run.
+        min_evaluations: validations a curriculum stage lasts at least (3).
+        reset_meta_optimizer_on_advance: start each curriculum stage with fresh meta-optimizer
+            moments (the original keeps them: ``False``).
+        imitation_ratios: probability that an epoch is an imitation epoch, per curriculum stage
+            (the last entry serves the later stages; one entry without a curriculum). Empty: no
+            imitation (METHOD.md 5).
+        teachers: imitation teachers, cycled round-robin over imitation epochs: analytic rules as
+            ``NAME`` or ``NAME@LR`` (``adam`` = Adam at lr 0.01, the paper's), or ``self`` (a
+            frozen copy of the previous stage's best rule: self-improving; needs a curriculum).
+        teacher_steps: ``k``: teacher steps per imitated step (the label is their total).
+        imitation_mode: ``alternate`` (whole imitation epochs, off-policy: the paper's) or
+            ``joint`` (every epoch is on-policy meta-training whose unroll loss adds
+            ``imitation_weight`` times the imitation loss against a teacher fed the same
+            gradients; ``imitation_ratios`` then only says in which stages it is on).
+        imitation_weight: lambda of the ``joint`` mode.
+        imitation_optimizer: ``separate`` meta-optimizer for the imitation loss, with its own
+            moments (L2O-DM/RNNprop) or ``shared`` with the meta-loss (L2O-Scale).
+        imitation_time_weight: the imitation loss sums its T steps (``sum``, 5.1) or averages
+            them (``mean``, L2O-Scale's 1/T weights, 5.2).
     """
 
     recipe: str = "dm"
@@ -81,18 +107,58 @@ class TrainConfig:
     objective: str = "sum"
     objective_subset: int = 10_000
     rule_state: str = "reset"
+    # The paper's techniques (METHOD.md 4 and 5); the defaults switch them off.
+    curriculum: list[int] | None = None
+    min_evaluations: int = 3
+    reset_meta_optimizer_on_advance: bool = False
+    imitation_ratios: list[float] = field(default_factory=list)
+    teachers: list[str] = field(default_factory=lambda: ["adam"])
+    teacher_steps: int = 1
+    imitation_mode: str = "alternate"
+    imitation_weight: float = 1.0
+    imitation_optimizer: str = "separate"
+    imitation_time_weight: str = "sum"
 
     def __post_init__(self) -> None:
-        if self.horizon % self.unroll_length:
-            raise ValueError(
-                f"horizon {self.horizon} must be a multiple of unroll_length {self.unroll_length}"
-            )
+        horizons = self.curriculum if self.curriculum else [self.horizon]
+        for h in horizons:
+            if h % self.unroll_length:
+                raise ValueError(
+                    f"horizon {h} must be a multiple of unroll_length {self.unroll_length}"
+                )
+        if self.curriculum is not None:
+            if not self.curriculum or any(b <= a for a, b in pairwise(self.curriculum)):
+                raise ValueError(f"curriculum must be increasing horizons, got {self.curriculum}")
+            self.curriculum = [int(h) for h in self.curriculum]
+        if any(not 0.0 <= r <= 1.0 for r in self.imitation_ratios):
+            raise ValueError(f"imitation_ratios must lie in [0, 1], got {self.imitation_ratios}")
+        if self.imitation_ratios:
+            from l2o.training.imitation import SELF_TEACHER, parse_teacher
+
+            if not self.teachers:
+                raise ValueError("imitation needs at least one teacher")
+            for spec in self.teachers:
+                parse_teacher(spec)
+            if SELF_TEACHER in self.teachers and not self.curriculum:
+                raise ValueError(
+                    "the 'self' teacher is the previous curriculum stage's best rule: it needs "
+                    "a curriculum"
+                )
+            if self.imitation_mode == "joint" and (
+                self.objective != "sum" or SELF_TEACHER in self.teachers
+            ):
+                raise ValueError(
+                    "imitation_mode 'joint' works with the 'sum' objective and analytic teachers"
+                )
         for name, allowed in (
             ("validation_score", VALIDATION_SCORES),
             ("meta_optimizer", META_OPTIMIZERS),
             ("objective", OBJECTIVES),
             ("nonfinite", NONFINITE),
             ("rule_state", RULE_STATES),
+            ("imitation_mode", IMITATION_MODES),
+            ("imitation_optimizer", IMITATION_OPTIMIZERS),
+            ("imitation_time_weight", IMITATION_TIME_WEIGHTS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -106,12 +172,25 @@ class TrainConfig:
             "evaluation_epochs",
             "instances",
             "objective_subset",
+            "min_evaluations",
+            "teacher_steps",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def horizons(self) -> list[int]:
+        """The training horizons: the curriculum's stages, or the one fixed horizon."""
+        return list(self.curriculum) if self.curriculum else [self.horizon]
+
+    def imitation_ratio(self, stage: int = 0) -> float:
+        """Probability that an epoch of ``stage`` is an imitation epoch."""
+        if not self.imitation_ratios:
+            return 0.0
+        return self.imitation_ratios[min(stage, len(self.imitation_ratios) - 1)]
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:

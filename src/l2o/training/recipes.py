@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from l2o.training.config import TrainConfig
+from l2o.training.curriculum import DM_HORIZONS, SCALE_HORIZONS
 
 BUDGETS = ("demo", "cpu", "paper")
 
@@ -18,18 +19,52 @@ BUDGETS = ("demo", "cpu", "paper")
 PAPER_SCALE_META_LR = 1e-6
 #: The ``scale`` recipe's meta learning rate (chosen by measurement: docs/scale.md).
 SCALE_META_LR = 3e-3
+#: L2O-DM's imitation probability per curriculum stage (METHOD.md 5.1: none in stage 0).
+DM_IMITATION_RATIOS = [0.0, 0.1, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]
+
+_SCALE_SETTINGS: dict[str, Any] = {
+    "model": "scale",
+    "horizon": 100,
+    "unroll_length": 20,
+    "evaluation_epochs": 5,
+    "meta_optimizer": "rmsprop",
+    "meta_lr": SCALE_META_LR,
+    "nonfinite": "zero",
+    "grad_clip_value": 1e4,
+    "objective": "log-normalized",
+    "objective_subset": 10_000,
+    "validation_score": "final-objective",
+    "task_options": {"init_std": 1.0, "sampling": "epoch"},
+}
+#: L2O-Scale with the paper's techniques: its longer schedule, imitation in 10% of the
+#: meta-iterations with the meta-optimizer shared and the 1/T weights (METHOD.md 4.1, 5.2).
+_SCALE_CL_SETTINGS: dict[str, Any] = {
+    **_SCALE_SETTINGS,
+    "curriculum": list(SCALE_HORIZONS),
+    "imitation_ratios": [0.1],
+    "imitation_optimizer": "shared",
+    "imitation_time_weight": "mean",
+}
+# The cpu and demo budgets cut the curriculum short (a 1,000-step epoch of L2O-DM takes about
+# 10 s on 2 cores, and the last stages would validate on 3,000 steps) and validate on fewer
+# runs; everything else is the paper's setting.
+_DM_CPU = {"curriculum": [100, 200, 500, 1000], "evaluation_epochs": 5}
+_DM_DEMO = {"curriculum": [100, 200, 500], "evaluation_epochs": 4}
+_SCALE_CPU = {"curriculum": [100, 200, 500, 1000]}
+_SCALE_DEMO = {"curriculum": [100, 200], "evaluation_epochs": 3}
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """A recipe: shared settings plus, per budget, ``(num_epochs, evaluation_period)``."""
+    """A recipe: shared settings plus, per budget, ``(num_epochs, evaluation_period)`` and any
+    further settings that budget changes (``budget_settings``, e.g. a shorter curriculum)."""
 
     name: str
     description: str
     settings: dict[str, Any]
     budgets: dict[str, tuple[int, int]]
     notes: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    budget_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def config(self, budget: str = "cpu", **overrides: Any) -> TrainConfig:
         if budget not in self.budgets:
@@ -39,6 +74,7 @@ class Recipe:
             "recipe": self.name,
             "budget": budget,
             **self.settings,
+            **self.budget_settings.get(budget, {}),
             "num_epochs": epochs,
             "evaluation_period": period,
         }
@@ -71,25 +107,67 @@ RECIPES: dict[str, Recipe] = {
         "scale",
         "L2O-Scale (Wichrowska et al. 2017) as meta-trained by the paper: hierarchical RNN, "
         "log-normalized objective, RMSProp",
-        {
-            "model": "scale",
-            "horizon": 100,
-            "unroll_length": 20,
-            "evaluation_epochs": 5,
-            "meta_optimizer": "rmsprop",
-            "meta_lr": SCALE_META_LR,
-            "nonfinite": "zero",
-            "grad_clip_value": 1e4,
-            "objective": "log-normalized",
-            "objective_subset": 10_000,
-            "validation_score": "final-objective",
-            "task_options": {"init_std": 1.0, "sampling": "epoch"},
-        },
+        _SCALE_SETTINGS,
         {"demo": (60, 10), "cpu": (500, 25), "paper": (100, 1)},
         notes="paper budget: the README's 100 meta-iterations, validated after each on 5 runs. "
         "The original's meta learning rate is 1e-6 (RMSProp), which hardly moves the weights in "
         "500 meta-steps; this recipe uses SCALE_META_LR instead (docs/scale.md), and "
         "`meta_lr=PAPER_SCALE_META_LR` restores the original's value.",
+    ),
+    "dm-cl": Recipe(
+        "dm-cl",
+        "L2O-DM with the validation-gated curriculum (horizons 100 -> 3,000), no imitation",
+        {"model": "dm", "curriculum": list(DM_HORIZONS), "evaluation_epochs": 20},
+        {"demo": (150, 10), "cpu": (600, 20), "paper": (10_000, 100)},
+        budget_settings={"demo": _DM_DEMO, "cpu": _DM_CPU},
+    ),
+    "dm-il": Recipe(
+        "dm-il",
+        "L2O-DM with off-policy imitation of Adam (lr 0.01) in 30% of the epochs, 100-step "
+        "horizon, no curriculum",
+        {"model": "dm", "horizon": 100, "evaluation_epochs": 20, "imitation_ratios": [0.3]},
+        {"demo": (150, 25), "cpu": (1_000, 50), "paper": (10_000, 100)},
+    ),
+    "dm-cl-il": Recipe(
+        "dm-cl-il",
+        "L2O-DM-CL-IL, the paper's strongest baseline: curriculum plus imitation of Adam "
+        "(0, 0.1, then 0.3 of the epochs per stage)",
+        {
+            "model": "dm",
+            "curriculum": list(DM_HORIZONS),
+            "evaluation_epochs": 20,
+            "imitation_ratios": DM_IMITATION_RATIOS,
+        },
+        {"demo": (150, 10), "cpu": (600, 20), "paper": (10_000, 100)},
+        budget_settings={"demo": _DM_DEMO, "cpu": _DM_CPU},
+    ),
+    "rnnprop-cl-il": Recipe(
+        "rnnprop-cl-il",
+        "RNNprop with curriculum and imitation of Adam in 30% of the epochs",
+        {
+            "model": "rnnprop",
+            "curriculum": list(DM_HORIZONS),
+            "evaluation_epochs": 20,
+            "imitation_ratios": [0.3],
+        },
+        {"demo": (150, 10), "cpu": (600, 20), "paper": (10_000, 10)},
+        budget_settings={"demo": _DM_DEMO, "cpu": _DM_CPU},
+    ),
+    "scale-cl-il": Recipe(
+        "scale-cl-il",
+        "L2O-Scale with curriculum (100 -> 5,000) and imitation of Adam in 10% of the "
+        "meta-iterations",
+        _SCALE_CL_SETTINGS,
+        {"demo": (60, 5), "cpu": (400, 10), "paper": (100, 1)},
+        budget_settings={"demo": _SCALE_DEMO, "cpu": _SCALE_CPU},
+    ),
+    "scale-cl-self": Recipe(
+        "scale-cl-self",
+        "L2O-Scale with curriculum and self-improving: it imitates its own best rule of the "
+        "previous stage",
+        {**_SCALE_CL_SETTINGS, "teachers": ["self"]},
+        {"demo": (60, 5), "cpu": (400, 10), "paper": (100, 1)},
+        budget_settings={"demo": _SCALE_DEMO, "cpu": _SCALE_CPU},
     ),
 }
 

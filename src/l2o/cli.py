@@ -201,12 +201,28 @@ def train(
     from l2o.training import RECIPES, Trainer, TrainingError, get_recipe
 
     if list_recipes or recipe is None:
-        table = Table("recipe", "description", "model", "horizon", "epochs demo/cpu/paper")
+        table = Table(
+            "recipe",
+            "description",
+            "model",
+            "horizons (paper)",
+            "imitation",
+            "epochs demo/cpu/paper",
+        )
         for r in RECIPES.values():
             epochs = "/".join(str(r.budgets[b][0]) for b in ("demo", "cpu", "paper"))
-            table.add_row(
-                r.name, r.description, r.settings["model"], str(r.settings.get("horizon")), epochs
+            paper = r.config("paper")
+            horizons = (
+                f"CL {paper.curriculum[0]}..{paper.curriculum[-1]} ({len(paper.curriculum)} stages)"
+                if paper.curriculum
+                else str(paper.horizon)
             )
+            imitation = (
+                f"{'/'.join(paper.teachers)} p={','.join(f'{x:g}' for x in paper.imitation_ratios)}"
+                if paper.imitation_ratios
+                else "-"
+            )
+            table.add_row(r.name, r.description, paper.model, horizons, imitation, epochs)
         Console().print(table)
         if recipe is None and not list_recipes:
             raise typer.Exit(2)
@@ -225,10 +241,22 @@ def train(
         trainer = Trainer(config, out, resume=resume)
     except (ValueError, TrainingError) as err:
         _fail(str(err))
+    horizons = (
+        f"curriculum {'/'.join(str(h) for h in config.curriculum)} steps (at most "
+        f"{config.num_epochs} epochs)"
+        if config.curriculum
+        else f"{config.num_epochs} epochs of {config.horizon} steps"
+    )
     console.print(
-        f"training [bold]{recipe}[/] ({config.model}) on {task}, budget {budget}: "
-        f"{config.num_epochs} epochs of {config.horizon} steps, validation every "
-        f"{config.evaluation_period} epochs -> {out}"
+        f"training [bold]{recipe}[/] ({config.model}) on {task}, budget {budget}: {horizons}, "
+        f"validation every {config.evaluation_period} epochs on {config.evaluation_epochs} runs"
+        + (
+            f", imitation of {'/'.join(config.teachers)} with p="
+            f"{','.join(f'{x:g}' for x in config.imitation_ratios)}"
+            if config.imitation_ratios
+            else ""
+        )
+        + f" -> {out}"
         + (f" (resuming at epoch {trainer.epoch})" if trainer.epoch else "")
     )
     start_epoch, start_seconds = trainer.epoch, trainer.seconds
@@ -240,15 +268,35 @@ def train(
         every = max(1, config.num_epochs // 20)
 
         def on_event(event):
+            if event["type"] == "stage":
+                console.print(
+                    f"epoch {event['epoch']}: curriculum stage {event['stage']}: training horizon "
+                    f"{event['horizon']}, validation on {event['validation_horizon']} steps; "
+                    f"score to beat {event['baseline']:.4f}"
+                )
+                return
+            if event["type"] == "end":
+                console.print(f"epoch {event['epoch']}: curriculum ended: {event['reason']}")
+                return
             if event["type"] == "validation":
                 last["val"] = f"{event['score']:.3f}" + (" *" if event["improved"] else "")
-                if plain:
+                if plain or "stage" in event:
+                    best = event.get("best")
                     console.print(
-                        f"epoch {event['epoch']}: validation score {event['score']:.4f} "
-                        f"(best {event['best']:.4f}{', improved' if event['improved'] else ''})"
+                        f"epoch {event['epoch']}: validation on {event['horizon']} steps: score "
+                        f"{event['score']:.4f}"
+                        + (f" (best {best:.4f})" if best is not None else "")
+                        + (" improved" if event["improved"] else "")
                     )
                 return
-            info = f"H {event['horizon']} meta-loss {event['meta_loss']:.3f} val {last['val']}"
+            stage = f"stage {event['stage']} " if "stage" in event else ""
+            kind = f"IL({event['teacher']}) " if event.get("imitation") else ""
+            loss = (
+                f"imitation-loss {event['imitation_loss']:.3g}"
+                if event.get("imitation")
+                else f"meta-loss {event['meta_loss']:.3f}"
+            )
+            info = f"{stage}H {event['horizon']} {kind}{loss} val {last['val']}"
             bar.update(job, completed=event["epoch"], info=info)
             if plain and event["epoch"] % every == 0:
                 done = event["epoch"] - start_epoch
@@ -266,6 +314,13 @@ def train(
         f"score {summary.best_score} at epoch {summary.best_epoch}; skipped meta-steps "
         f"{summary.skipped_meta_steps}; best checkpoint: {summary.best_path}"
     )
+    if "stage" in summary.extra:
+        console.print(
+            f"curriculum: stage {summary.extra['stage']} (horizon {summary.extra['horizon']}); "
+            + (summary.extra["curriculum_end"] or "stopped at the epoch limit")
+        )
+    if "imitation_epochs" in summary.extra:
+        console.print(f"imitation epochs: {summary.extra['imitation_epochs']}")
     if summary.interrupted:
         console.print(f"resume with: l2o train {recipe} --budget {budget} --out {out} --resume")
         raise typer.Exit(130)

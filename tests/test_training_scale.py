@@ -124,7 +124,7 @@ def test_rmsprop_zeroes_non_finite_entries_and_clips_by_value(tmp_path):
     def surrogate():
         return sum((p * c).sum() for p, c in zip(params, coeffs, strict=True))
 
-    assert trainer._meta_step(surrogate(), 1.0) == "zeroed"
+    assert trainer._meta_step(surrogate(), 1.0, trainer.meta_opt) == "zeroed"
     for p, b, c in zip(params, before, coeffs, strict=True):
         g = torch.where(torch.isfinite(c), c, torch.zeros_like(c)).clamp(-0.5, 0.5)
         ms = 0.9 * 1.0 + 0.1 * g * g  # TF1's RMSProp: mean squares start at 1
@@ -134,7 +134,7 @@ def test_rmsprop_zeroes_non_finite_entries_and_clips_by_value(tmp_path):
     skip = Trainer(scale_config(nonfinite="skip"), tmp_path / "s")
     params = list(skip.rule.parameters())
     before = [p.detach().clone() for p in params]
-    assert skip._meta_step(surrogate(), 1.0) == "skipped"
+    assert skip._meta_step(surrogate(), 1.0, skip.meta_opt) == "skipped"
     for p, b in zip(params, before, strict=True):
         torch.testing.assert_close(p.detach(), b)
     # A non-finite meta-loss (diverged optimizee) never steps.

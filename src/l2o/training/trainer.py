@@ -486,13 +486,17 @@ class Trainer:
         return record
 
     def _meta_step(
-        self, surrogate: torch.Tensor, meta_loss: float, optimizer: torch.optim.Optimizer
+        self,
+        surrogate: torch.Tensor,
+        meta_loss: float,
+        optimizer: torch.optim.Optimizer | None = None,
     ) -> str:
         """Backpropagate the surrogate and take one meta-step, treating the meta-gradient as
         the config says. Returns ``"step"``, ``"zeroed"`` (stepped after zeroing non-finite
         entries) or ``"skipped"`` (no step: a non-finite meta-loss, or a non-finite gradient with
         ``nonfinite="skip"``)."""
         c = self.config
+        optimizer = optimizer or self.meta_opt
         optimizer.zero_grad(set_to_none=True)
         if not math.isfinite(meta_loss):
             return "skipped"

@@ -156,3 +156,21 @@ def test_curriculum_with_imitation_resumes_exactly(tmp_path):
     assert resumed.stage == full.stage
     for a, b in zip(full.rule.parameters(), resumed.rule.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_stage_evaluation_periods_count_epochs_from_the_stage_start(tmp_path, monkeypatch):
+    config = tiny_cl_config(stage_evaluation_periods=[3, 2], num_epochs=12, min_evaluations=1)
+    trainer = Trainer(config, tmp_path / "run")
+    scores = iter([1.0, 2.0, 5.0, 4.0, 4.5, 6.0, 5.5, 5.8, 9.9])
+    monkeypatch.setattr(trainer, "validate", lambda horizon=None: next(scores))
+    events = []
+    trainer.run(lambda e: events.append(e) if e["type"] != "epoch" else None)
+    assert [(e["type"], e["epoch"]) for e in events] == [
+        ("validation", 3),
+        ("validation", 6),  # stage 0 ends at epoch 6; stage 1 starts there (baseline 5.0)
+        ("stage", 6),
+        ("validation", 8),
+        ("validation", 10),  # stage 1 ends at epoch 10; stage 2 (baseline 6.0)
+        ("stage", 10),
+        ("validation", 12),
+    ]

@@ -46,6 +46,10 @@ class TrainConfig:
             the final state of an epoch into the next one (the original L2O-Scale code); the
             optimizee is re-initialised either way and validation always starts fresh.
         evaluation_period: validate every this many epochs.
+        stage_evaluation_periods: with a curriculum, validate every this many epochs *of the
+            stage*, per stage (the last entry serves the later stages); empty: every
+            ``evaluation_period`` epochs of the stage. The cpu and demo budgets use it to keep
+            stage 0 as long as the paper's (L2O-DM's plateau, docs/techniques.md).
         evaluation_epochs: validation trajectories per validation (one batched population).
         validation_score: ``last-unroll`` (the original: sum over runs of the last unroll's
             losses), ``trajectory`` (sum over runs of the mean loss over the whole horizon) or
@@ -110,6 +114,7 @@ class TrainConfig:
     # The paper's techniques (METHOD.md 4 and 5); the defaults switch them off.
     curriculum: list[int] | None = None
     min_evaluations: int = 3
+    stage_evaluation_periods: list[int] = field(default_factory=list)
     reset_meta_optimizer_on_advance: bool = False
     imitation_ratios: list[float] = field(default_factory=list)
     teachers: list[str] = field(default_factory=lambda: ["adam"])
@@ -130,6 +135,10 @@ class TrainConfig:
             if not self.curriculum or any(b <= a for a, b in pairwise(self.curriculum)):
                 raise ValueError(f"curriculum must be increasing horizons, got {self.curriculum}")
             self.curriculum = [int(h) for h in self.curriculum]
+        if any(p < 1 for p in self.stage_evaluation_periods):
+            raise ValueError(
+                f"stage_evaluation_periods must be at least 1, got {self.stage_evaluation_periods}"
+            )
         if any(not 0.0 <= r <= 1.0 for r in self.imitation_ratios):
             raise ValueError(f"imitation_ratios must lie in [0, 1], got {self.imitation_ratios}")
         if self.imitation_ratios:
@@ -185,6 +194,11 @@ class TrainConfig:
     def horizons(self) -> list[int]:
         """The training horizons: the curriculum's stages, or the one fixed horizon."""
         return list(self.curriculum) if self.curriculum else [self.horizon]
+
+    def stage_evaluation_period(self, stage: int = 0) -> int:
+        """Validation cadence (epochs) in curriculum stage ``stage``."""
+        periods = self.stage_evaluation_periods
+        return periods[min(stage, len(periods) - 1)] if periods else self.evaluation_period
 
     def imitation_ratio(self, stage: int = 0) -> float:
         """Probability that an epoch of ``stage`` is an imitation epoch."""

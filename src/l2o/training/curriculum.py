@@ -50,6 +50,7 @@ class CurriculumState:
         improved: whether this stage has improved on its baseline at least once.
         done: training has ended (``FINISH`` or ``STOP``).
         reason: why it ended, in words.
+        start_epoch: the training epoch at which this stage began.
     """
 
     stage: int = 0
@@ -58,6 +59,7 @@ class CurriculumState:
     improved: bool = False
     done: bool = False
     reason: str | None = None
+    start_epoch: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,8 +123,11 @@ class Curriculum:
         new = CurriculumState(stage=state.stage + 1)
         return new, Action.ADVANCE
 
-    def start_stage(self, state: CurriculumState, baseline: float) -> CurriculumState:
+    def start_stage(
+        self, state: CurriculumState, baseline: float, epoch: int = 0
+    ) -> CurriculumState:
         """After ``ADVANCE``: the restored rule's score on the new validation horizon is the bar
-        the new stage must beat (not counted as one of its validations)."""
+        the new stage must beat (not counted as one of its validations); ``epoch`` is the
+        training epoch the stage starts at."""
         best = baseline if math.isfinite(baseline) else None
-        return replace(state, best=best, evaluations=0, improved=False)
+        return replace(state, best=best, evaluations=0, improved=False, start_epoch=epoch)

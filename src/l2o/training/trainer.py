@@ -574,7 +574,7 @@ class Trainer:
                 record = self.train_epoch()
                 self.epoch += 1
                 events = []
-                if self.epoch % c.evaluation_period == 0 or self.epoch == c.num_epochs:
+                if self._validation_due():
                     events = self._validation_events()
                 self.seconds += time.perf_counter() - start
                 record["seconds"] = round(self.seconds, 3)
@@ -606,6 +606,15 @@ class Trainer:
             best_path=str(self.out / BEST) if (self.out / BEST).exists() else None,
             extra=extra,
         )
+
+    def _validation_due(self) -> bool:
+        c = self.config
+        if self.epoch == c.num_epochs:
+            return True
+        if self.curriculum is None:
+            return self.epoch % c.evaluation_period == 0
+        period = c.stage_evaluation_period(self.stage.stage)
+        return (self.epoch - self.stage.start_epoch) % period == 0
 
     def _validation_events(self) -> list[dict[str, Any]]:
         """Validate, act on the result (save, advance, stop) and describe what happened."""
@@ -656,7 +665,7 @@ class Trainer:
             self._load_self_teacher()
             baseline_horizon = self.validation_horizon
             baseline = self.validate(baseline_horizon)
-            self.stage = self.curriculum.start_stage(self.stage, baseline)
+            self.stage = self.curriculum.start_stage(self.stage, baseline, self.epoch)
             events.append(
                 {
                     "type": "stage",

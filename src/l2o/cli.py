@@ -241,6 +241,11 @@ def train(
         trainer = Trainer(config, out, resume=resume)
     except (ValueError, TrainingError) as err:
         _fail(str(err))
+    period = (
+        "/".join(str(x) for x in config.stage_evaluation_periods) + " (per stage)"
+        if config.curriculum and config.stage_evaluation_periods
+        else str(config.evaluation_period)
+    )
     horizons = (
         f"curriculum {'/'.join(str(h) for h in config.curriculum)} steps (at most "
         f"{config.num_epochs} epochs)"
@@ -249,7 +254,7 @@ def train(
     )
     console.print(
         f"training [bold]{recipe}[/] ({config.model}) on {task}, budget {budget}: {horizons}, "
-        f"validation every {config.evaluation_period} epochs on {config.evaluation_epochs} runs"
+        f"validation every {period} epochs on {config.evaluation_epochs} runs"
         + (
             f", imitation of {'/'.join(config.teachers)} with p="
             f"{','.join(f'{x:g}' for x in config.imitation_ratios)}"

@@ -1,4 +1,4 @@
-"""The ``l2o`` command: list tasks, evaluate and compare optimizers (and, later, train them)."""
+"""The ``l2o`` command: tasks, evaluate, compare, train, reproduce, pretrained, demo."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import math
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -330,6 +331,65 @@ def train(
         console.print(f"resume with: l2o train {recipe} --budget {budget} --out {out} --resume")
         raise typer.Exit(130)
     console.print(f"evaluate with: l2o evaluate {summary.best_path} --task {task}")
+
+
+@app.command()
+def reproduce(
+    figure: Annotated[str, typer.Argument(help="fig2 | fig3 | fig5 | fig6 | all")],
+    budget: Annotated[str, typer.Option(help="demo | cpu | paper")] = "cpu",
+    out: Annotated[Path | None, typer.Option(help="output directory")] = None,
+    seeds: Annotated[int | None, typer.Option(min=1, help="evaluation seeds")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="evaluation steps")] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="jobs run in parallel")] = 2,
+    weights: Annotated[
+        str, typer.Option(help="ours (meta-train) | paper (the authors' weights where published)")
+    ] = "ours",
+    tasks: Annotated[
+        str | None, typer.Option(help="only these of the figure's tasks, comma-separated")
+    ] = None,
+    plan_only: Annotated[bool, typer.Option("--plan", help="print the plan and exit")] = False,
+) -> None:
+    """Reproduce a figure of the paper: meta-train what it needs on mlp-orig, evaluate every
+    optimizer on the figure's tasks beside grid-tuned Adam, RMSprop, SGD and NAG, and write the
+    figure (PNG) and a markdown report. Re-running resumes: finished jobs are kept."""
+    from l2o.reproduce.runner import describe_plan, make_plan, run_plan, write_report
+
+    out = out or Path("runs") / f"reproduce-{budget}"
+    try:
+        plan = make_plan(
+            [figure],
+            budget,
+            out,
+            steps=steps,
+            seeds=seeds,
+            weights=weights,
+            tasks=tasks.split(",") if tasks else None,
+        )
+    except ValueError as err:
+        _fail(str(err))
+    for line in describe_plan(plan, jobs):
+        console.print(line)
+    if plan_only:
+        return
+    start = time.perf_counter()
+    interrupted = False
+    try:
+        statuses = run_plan(plan, jobs=jobs, log=lambda m: console.print(m, highlight=False))
+    except KeyboardInterrupt:
+        interrupted, statuses = True, {}
+    paths = write_report(plan, statuses, time.perf_counter() - start)
+    for path in paths:
+        console.print(f"wrote {path}")
+    if interrupted:
+        console.print(
+            f"[yellow]interrupted: finished jobs are kept; run the same command to resume "
+            f"(l2o reproduce {figure} --budget {budget} --out {out})"
+        )
+        raise typer.Exit(130)
+    failed = [k for k, v in statuses.items() if v["status"] not in ("done", "done (earlier)")]
+    if failed:
+        console.print(f"[red]{len(failed)} jobs did not finish: {', '.join(failed)}")
+        raise typer.Exit(1)
 
 
 @app.command()

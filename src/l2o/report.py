@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -84,6 +85,43 @@ def plot_curves(curves: Sequence[Curve], path: Path, title: str = "") -> Path:
         ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_grid(panels: dict[str, Sequence[Curve]], path: Path, title: str = "") -> Path:
+    """One panel per task (``{task: curves}``), side by side, in the paper's style; a label keeps
+    its colour in every panel."""
+    names = list(panels)
+    cols = min(len(names), 3)
+    rows = max(1, math.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, 3.8 * rows), dpi=110, squeeze=False)
+    colors: dict[str, str] = {}
+    for ax, task in zip(axes.flat, names, strict=False):
+        for curve in panels[task]:
+            color = colors.setdefault(curve.label.split(" (lr")[0], f"C{len(colors) % 10}")
+            x, mean, lo, hi = binned_ln_curve(curve.losses)
+            ax.plot(x, mean, color=color, lw=1.3, label=curve.label)
+            if curve.losses.shape[0] > 1:
+                ax.fill_between(x, lo, hi, color=color, alpha=0.12, lw=0)
+        ax.set_title(task)
+        ax.set_xlabel("Iterations")
+        ax.set_ylabel("Training Loss (log)")
+        ax.grid(alpha=0.3)
+        if panels[task]:
+            ax.legend(loc="best", fontsize=6)
+        else:
+            ax.text(0.5, 0.5, "no results yet", ha="center", va="center", transform=ax.transAxes)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,16 @@
+"""Reproducing the paper's figures: what each needs, running it, and the report."""
+
+from l2o.reproduce.paper import FIGURES, PAPER_VALUES, CurveSpec, Figure
+from l2o.reproduce.runner import EVAL_SIZES, Plan, make_plan, run_plan, write_report
+
+__all__ = [
+    "EVAL_SIZES",
+    "FIGURES",
+    "PAPER_VALUES",
+    "CurveSpec",
+    "Figure",
+    "Plan",
+    "make_plan",
+    "run_plan",
+    "write_report",
+]

@@ -35,6 +35,8 @@ LR_GRIDS: dict[str, tuple[float, ...]] = {
     "sgd": (1e-2, 3e-2, 0.1, 0.3, 1.0),
     "nag": (3e-3, 1e-2, 3e-2, 0.1, 0.3),
 }
+#: Learned rules are compiled for evaluations at least this long (compiling takes ~10-20 s).
+COMPILE_FROM_STEPS = 2_000
 BASELINE_LABELS = {"adam": "Adam", "rmsprop": "RMSprop", "sgd": "SGD", "nag": "NAG"}
 
 
@@ -134,7 +136,7 @@ def _eval(out_dir: Path, args: dict[str, Any]) -> dict[str, Any]:
         get_task(args["task"]),
         args["steps"],
         list(range(args["seeds"])),
-        compile=True,
+        compile=args["steps"] >= COMPILE_FROM_STEPS,
     )
     if result.interrupted:
         return {"status": "interrupted"}

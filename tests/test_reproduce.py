@@ -1,0 +1,79 @@
+"""``l2o reproduce``: the plan of a figure, and an end-to-end run on real data that resumes."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from l2o.cli import app
+from l2o.reproduce import FIGURES, PAPER_VALUES, make_plan
+
+
+def test_plans_train_each_recipe_once_and_evaluate_every_curve_and_baseline(tmp_path):
+    plan = make_plan(["fig2", "fig3"], "cpu", tmp_path)
+    kinds = {}
+    for job in plan.jobs.values():
+        kinds.setdefault(job.kind, []).append(job)
+    assert sorted(j.args["recipe"] for j in kinds["train"]) == sorted(
+        ["dm", "dm-cl-il", "rnnprop", "rnnprop-cl-il", "scale", "scale-cl-il"]
+    )
+    # 6 distinct learned curves that can be reproduced (L2O-Scale-Meta cannot), 4 baselines,
+    # 5 tasks; curves shared by the two figures are evaluated once.
+    assert len(kinds["eval"]) == (6 + 4) * 5 and len(kinds["grid"]) == 4 * 5
+    ev = plan.jobs["eval/l2o-dm-cl-il/mlp-relu"]
+    assert ev.deps == ["train/dm-cl-il-cpu"] and ev.args["steps"] == 3000
+    assert plan.jobs["eval/adam/conv-cifar"].deps == ["grid/adam/conv-cifar"]
+    assert all(
+        label in PAPER_VALUES for f in FIGURES.values() for label in (c.label for c in f.curves)
+    )
+
+
+def test_paper_weights_need_no_training_and_bad_requests_are_named(tmp_path):
+    plan = make_plan(["fig5"], "paper", tmp_path, weights="paper", tasks=["mlp-orig"])
+    assert not [j for j in plan.jobs.values() if j.kind == "train"]
+    assert plan.jobs["eval/l2o-dm-aug/mlp-orig"].args["rule"] == "paper:dm-aug"
+    assert plan.steps == 10_000 and plan.seeds == 10
+    with pytest.raises(ValueError, match="unknown figure 'fig4'"):
+        make_plan(["fig4"], "cpu", tmp_path)
+    with pytest.raises(ValueError, match="not in the figure"):
+        make_plan(["fig6"], "cpu", tmp_path, tasks=["mlp-orig"])
+    with pytest.raises(ValueError, match="unknown budget"):
+        make_plan(["fig5"], "huge", tmp_path)
+
+
+def test_reproduce_runs_end_to_end_writes_report_and_resumes(tmp_path):
+    out = tmp_path / "rep"
+    args = [
+        "reproduce",
+        "fig5",
+        "--weights",
+        "paper",
+        "--budget",
+        "demo",
+        "--steps",
+        "20",
+        "--seeds",
+        "2",
+        "--tasks",
+        "mlp-orig",
+        "--out",
+        str(out),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = (out / "fig5.md").read_text()
+    for row in ("L2O-DM-AUG (paper weights)", "Adam (grid-tuned lr)", "NAG (grid-tuned lr)"):
+        assert row in report
+    assert "paper -3.06" in report and "20 evaluation steps instead of 10000" in report
+    assert (out / "fig5.png").stat().st_size > 10_000
+    grid = json.loads((out / "grid" / "adam" / "mlp-orig" / "done.json").read_text())
+    assert grid["best_lr"] in grid["lrs"] and len(grid["scores"]) == 5
+    summary = json.loads((out / "eval" / "adam" / "mlp-orig" / "summary.json").read_text())
+    assert summary["hyperparameters"]["lr"] == grid["best_lr"] and summary["steps"] == 20
+
+    # Resume: only the job whose result is gone runs again.
+    (out / "eval" / "l2o-dm" / "mlp-orig" / "done.json").unlink()
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "1 jobs to run (11 already done)" in again.output
+    assert "start eval/l2o-dm/mlp-orig" in again.output

@@ -394,17 +394,28 @@ def reproduce(
 
 @app.command()
 def pretrained() -> None:
-    """List the optimizers that load by name (the paper's own trained weights)."""
+    """List the optimizers that load by name: ours (bundled) and the paper's own trained weights."""
+    from l2o.bundled import bundled_cards
     from l2o.rules.paper import PAPER_CHECKPOINTS, paper_checkpoint_dir
 
-    table = Table("name", "model", "file")
+    table = Table("name", "model", "trained", "mlp-orig final ln loss", "source")
+    for name, card in bundled_cards().items():
+        results = card.get("evaluation", {}).get("mlp-orig", {})
+        final = results.get("final_ln_loss")
+        table.add_row(
+            name,
+            card.get("model", "?"),
+            f"{card.get('recipe')} @ {card.get('budget')}, {card.get('training_seconds', 0):.0f} s",
+            f"{final:.2f} ({results.get('steps')} steps)" if final is not None else "-",
+            "ours (bundled)",
+        )
     folder = paper_checkpoint_dir()
     for name, (kind, file) in PAPER_CHECKPOINTS.items():
-        table.add_row(name, kind, str(folder / file))
+        table.add_row(name, kind, "the authors", "-", str(folder / file))
     Console().print(table)
     console.print(
         "paper:* are the trained weights of Chen et al. (NeurIPS 2020), "
-        "VITA-Group/L2O-Training-Techniques, MIT licence"
+        "VITA-Group/L2O-Training-Techniques, MIT licence; `l2o evaluate NAME` runs any of them"
     )
 
 

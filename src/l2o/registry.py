@@ -1,7 +1,9 @@
 """Resolve a rule name given on the command line or to :class:`l2o.LearnedOptimizer`.
 
 ``adam`` / ``rmsprop`` / ``sgd`` / ``nag`` are the analytic rules; ``paper:<name>`` loads the
-authors' published weights; anything else is read as a checkpoint path.
+authors' published weights; the name of a bundled optimizer (``l2o pretrained``; e.g.
+``dm-cl-il``) loads the checkpoint shipped in the package; anything else is read as a checkpoint
+path.
 """
 
 from __future__ import annotations
@@ -20,12 +22,19 @@ def load_rule(spec: str, **hparams: Any):
         from l2o.rules.paper import load_paper_rule
 
         return load_paper_rule(spec)
+    from l2o.bundled import bundled_names, bundled_path
+
+    if spec in bundled_names():
+        from l2o.checkpoint import load_rule_checkpoint
+
+        return load_rule_checkpoint(bundled_path(spec))
     path = Path(spec)
     if path.exists():
         from l2o.checkpoint import load_rule_checkpoint
 
         return load_rule_checkpoint(path)
     raise ValueError(
-        f"unknown rule {spec!r}: use one of {', '.join(ANALYTIC_RULES)}, a paper:<name> "
-        "checkpoint (`l2o pretrained` lists them) or the path of a checkpoint file"
+        f"unknown rule {spec!r}: use one of {', '.join(ANALYTIC_RULES)}, a bundled optimizer "
+        "or a paper:<name> checkpoint (`l2o pretrained` lists them), or the path of a "
+        "checkpoint file"
     )

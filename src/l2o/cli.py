@@ -422,52 +422,65 @@ def pretrained() -> None:
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="output directory")] = Path("runs/demo"),
-    steps: Annotated[int, typer.Option(min=1, help="evaluation steps")] = 1000,
-    seeds: Annotated[int, typer.Option(min=1, help="evaluation seeds")] = 5,
+    steps: Annotated[int, typer.Option(min=1, help="evaluation steps")] = 2000,
+    seeds: Annotated[int, typer.Option(min=1, help="evaluation seeds")] = 3,
+    jobs: Annotated[int, typer.Option(min=1, help="jobs run in parallel")] = 2,
 ) -> None:
-    """The main job: meta-train RNNprop (demo budget), then compare it on MLP-orig with Adam and
-    the paper's own trained L2O-DM-CL-IL and RNNprop-CL-IL. Re-running resumes what is done."""
-    from l2o.training import Trainer, get_recipe
+    """The main job: meta-train L2O-DM with and without the paper's curriculum + imitation (demo
+    budget, in parallel), evaluate both beside grid-tuned Adam on mlp-orig and mlp-relu, and
+    write the figure and report. Re-running resumes what is done."""
+    from l2o.reproduce.paper import DEMO
+    from l2o.reproduce.runner import describe_plan, make_plan, run_plan, write_report
 
-    out = Path(out)
-    train_dir = out / "rnnprop-demo"
-    config = get_recipe("rnnprop").config("demo")
-    resume = (train_dir / "train_state.pt").exists()
-    trainer = Trainer(config, train_dir, resume=resume)
-    if trainer.epoch < config.num_epochs:
-        console.print(
-            f"[bold]1/2[/] meta-training RNNprop on mlp-orig ({config.num_epochs} epochs)"
-        )
-        with _progress() as bar:
-            job = bar.add_task("rnnprop", total=config.num_epochs, completed=trainer.epoch, info="")
+    plan = make_plan([DEMO], "demo", out, steps=steps, seeds=seeds)
+    for line in describe_plan(plan, jobs):
+        console.print(line)
+    start = time.perf_counter()
+    try:
+        statuses = run_plan(plan, jobs=jobs, log=lambda m: console.print(m, highlight=False))
+    except KeyboardInterrupt:
+        write_report(plan, {}, time.perf_counter() - start)
+        console.print("[yellow]interrupted: run `make demo` again to resume")
+        raise typer.Exit(130) from None
+    paths = write_report(plan, statuses, time.perf_counter() - start)
+    verdict = demo_verdict(out)
+    report = out / "report.md"
+    report.write_text(report.read_text() + "\n## Verdict\n\n" + verdict + "\n")
+    console.print(
+        (out / "demo.md").read_text().split("Deviations")[0].split("analytic baselines.")[-1]
+    )
+    console.print(f"[bold]{verdict}")
+    for path in paths:
+        console.print(f"wrote {path}")
+    failed = [k for k, v in statuses.items() if v["status"] not in ("done", "done (earlier)")]
+    if failed:
+        console.print(f"[red]{len(failed)} jobs did not finish: {', '.join(failed)}")
+        raise typer.Exit(1)
 
-            def on_event(e):
-                if e["type"] != "epoch":
-                    return
-                bar.update(job, completed=e["epoch"], info=f"meta-loss {e['meta_loss']:.3f}")
-                if not console.is_terminal and e["epoch"] % 10 == 0:
-                    n, loss = e["epoch"], e["meta_loss"]
-                    console.print(f"epoch {n}/{config.num_epochs}: meta-loss {loss:.3f}")
 
-            summary = trainer.run(on_event)
-        if summary.interrupted:
-            console.print("[yellow]interrupted; run `make demo` again to resume")
-            raise typer.Exit(130)
-    best = train_dir / "best.safetensors"
-    console.print(f"[bold]2/2[/] evaluating on mlp-orig ({steps} steps, {seeds} seeds, test split)")
-    entries = [
-        (str(best), None, "rnnprop (ours, demo budget)"),
-        ("paper:rnnprop-cl-il", None, "paper:rnnprop-cl-il"),
-        ("paper:dm-cl-il", None, "paper:dm-cl-il"),
-        ("adam", 0.01, "adam (lr 0.01)"),
-    ]
-    dirs = []
-    for spec, lr, label in entries:
-        d = out / label.split(" ")[0].replace(":", "-")
-        if not (d / "summary.json").exists():
-            run_evaluation(spec, "mlp-orig", steps, seeds, lr, "cpu", {}, d, label)
-        dirs.append(d)
-    compare(dirs, out)
+def demo_verdict(out: Path) -> str:
+    """Whether L2O-DM-CL-IL beat L2O-DM in the demo, task by task, in words."""
+    parts = []
+    for task in DEMO_TASKS:
+        means = {}
+        for label in ("l2o-dm", "l2o-dm-cl-il"):
+            path = Path(out) / "eval" / label / task / "summary.json"
+            if path.exists():
+                means[label] = json.loads(path.read_text())["final_ln_loss"]["mean"]
+        plain, both = means.get("l2o-dm"), means.get("l2o-dm-cl-il")
+        if plain is None or both is None:
+            parts.append(f"{task}: not comparable (a run is missing or diverged everywhere)")
+        elif both < plain:
+            parts.append(f"{task}: CL+IL beats the plain baseline by {plain - both:.2f} in ln loss")
+        else:
+            parts.append(
+                f"{task}: at this budget CL+IL does NOT beat the plain baseline "
+                f"({both:.2f} vs {plain:.2f})"
+            )
+    return "; ".join(parts) + "."
+
+
+DEMO_TASKS = ("mlp-orig", "mlp-relu")
 
 
 def main() -> None:

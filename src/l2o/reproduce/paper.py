@@ -58,12 +58,18 @@ class CurveSpec:
     reason: str = ""
 
 
+ANALYTIC_BASELINES = ("adam", "rmsprop", "sgd", "nag")
+
+
 @dataclass(frozen=True)
 class Figure:
+    """A figure: learned curves and grid-tuned analytic baselines on some tasks."""
+
     name: str
     title: str
     curves: tuple[CurveSpec, ...]
     tasks: tuple[str, ...] = TASKS
+    baselines: tuple[str, ...] = ANALYTIC_BASELINES
 
 
 DM = CurveSpec("L2O-DM", "dm", "paper:dm")
@@ -109,3 +115,13 @@ FIGURES: dict[str, Figure] = {
         tasks=("conv-mnist",),
     ),
 }
+
+
+#: The demo (``make demo``): the paper's point at a budget of minutes.
+DEMO = Figure(
+    "demo",
+    "Demo: L2O-DM with and without curriculum + imitation, beside Adam",
+    (DM, DM_CL_IL),
+    tasks=("mlp-orig", "mlp-relu"),
+    baselines=("adam",),
+)

@@ -182,7 +182,7 @@ def _slug(text: str) -> str:
 
 
 def make_plan(
-    figures: list[str],
+    figures: list[str | Figure],
     budget: str,
     out: Path,
     steps: int | None = None,
@@ -197,11 +197,11 @@ def make_plan(
     if weights not in ("ours", "paper"):
         raise ValueError(f"weights must be 'ours' or 'paper', got {weights!r}")
     names = list(FIGURES) if "all" in figures else figures
-    unknown = [f for f in names if f not in FIGURES]
+    unknown = [f for f in names if isinstance(f, str) and f not in FIGURES]
     if unknown:
         raise ValueError(f"unknown figure {unknown[0]!r}; choose from {', '.join(FIGURES)}, all")
     d_steps, d_seeds = EVAL_SIZES[budget]
-    figs = [FIGURES[f] for f in names]
+    figs = [FIGURES[f] if isinstance(f, str) else f for f in names]
     if tasks:
         known = {t for f in figs for t in f.tasks}
         if not set(tasks) <= known:
@@ -243,7 +243,8 @@ def make_plan(
                 if train_key:
                     args["checkpoint_from"] = str(plan.jobs[train_key].out)
                 plan.add(Job(key, "eval", out / key, args, [train_key] if train_key else []))
-        for rule, lrs in LR_GRIDS.items():
+        for rule in fig.baselines:
+            lrs = LR_GRIDS[rule]
             for task in fig.tasks:
                 grid = plan.add(
                     Job(
@@ -487,7 +488,8 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> list[P
                     )
                 elif train_status:
                     deviations.append(f"{curve.label}: training {train_status.get('status')}.")
-        for rule, label in BASELINE_LABELS.items():
+        for rule in fig.baselines:
+            label = BASELINE_LABELS[rule]
             cells = []
             for task in fig.tasks:
                 path = plan.out / plan.baseline_key(rule, task)

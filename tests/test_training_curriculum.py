@@ -174,3 +174,54 @@ def test_stage_evaluation_periods_count_epochs_from_the_stage_start(tmp_path, mo
         ("stage", 10),
         ("validation", 12),
     ]
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    ["dm-cl", "dm-il", "dm-cl-il", "rnnprop-cl-il", "scale-cl-il", "scale-cl-self"],
+)
+def test_every_technique_recipe_trains_resumes_and_evaluates(tmp_path, recipe):
+    """Each recipe at a tiny size: interrupted after its first epoch, resumed, evaluated."""
+    from l2o.evaluation import evaluate
+    from l2o.tasks import get_task
+
+    scale = recipe.startswith("scale")
+    small = dict(
+        task="mlp-orig" if scale else "quadratic",
+        num_epochs=4,
+        evaluation_period=1,
+        stage_evaluation_periods=[1],
+        evaluation_epochs=1,
+        min_evaluations=1,
+        compile=False,
+    )
+    if get_recipe(recipe).settings.get("imitation_ratios"):
+        small["imitation_ratios"] = [1.0]
+    if get_recipe(recipe).settings.get("curriculum"):
+        small["curriculum"] = [20, 40]
+    else:
+        small["horizon"] = 20
+    if scale:
+        small["objective_subset"] = 256
+    config = get_recipe(recipe).config("demo", **small)
+
+    def kill(event):
+        if event["type"] == "epoch" and event["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    first = Trainer(config, tmp_path / "run").run(kill)
+    assert first.interrupted and first.epochs_done == 1
+    resumed = Trainer(config, tmp_path / "run", resume=True)
+    summary = resumed.run()
+    assert not summary.interrupted and summary.best_path
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == list(range(1, summary.epochs_done + 1))
+    if recipe == "dm-cl":
+        assert not any(r.get("imitation") for r in epochs)
+    elif recipe != "scale-cl-self":  # self-improving has no teacher in stage 0
+        assert all(r["imitation"] for r in epochs)  # p = 1
+    rule = load_rule_checkpoint(summary.best_path)
+    task = get_task(config.task, **config.task_options)
+    result = evaluate(rule, task, 5, [0])
+    assert math.isfinite(float(result.losses[0, -1]))

@@ -177,3 +177,12 @@ def test_self_improving_imitates_the_previous_stage_best(tmp_path, monkeypatch):
     for a, b in zip(stage0.parameters(), trainer.self_teacher.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
         assert not b.requires_grad
+
+
+def test_several_teachers_take_turns(tmp_path):
+    config = tiny_il_config(teachers=["adam", "rmsprop@0.003", "nag"], num_epochs=5)
+    records = []
+    Trainer(config, tmp_path / "run").run(
+        lambda e: records.append(e["teacher"]) if e["type"] == "epoch" else None
+    )
+    assert records == ["adam", "rmsprop@0.003", "nag", "adam", "rmsprop@0.003"]

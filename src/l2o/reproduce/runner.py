@@ -80,12 +80,33 @@ def _run_job(kind: str, out: str, args: dict[str, Any], threads: int) -> dict[st
     return status
 
 
+PROGRESS = "progress.txt"
+
+
+def _progress(out_dir: Path, text: str) -> None:
+    """The job's latest progress line (the main process shows it while the job runs)."""
+    (out_dir / PROGRESS).write_text(text + "\n")
+
+
 def _train(out_dir: Path, args: dict[str, Any]) -> dict[str, Any]:
     from l2o.training import Trainer, get_recipe
 
     config = get_recipe(args["recipe"]).config(args["budget"], task="mlp-orig")
     trainer = Trainer(config, out_dir, resume=(out_dir / "train_state.pt").exists())
-    summary = trainer.run()
+    last = {"val": "-"}
+
+    def on_event(event):
+        if event["type"] == "validation":
+            last["val"] = f"{event['score']:.3f}"
+        elif event["type"] == "epoch":
+            stage = f"stage {event['stage']}, " if "stage" in event else ""
+            _progress(
+                out_dir,
+                f"epoch {event['epoch']}/{config.num_epochs} ({stage}horizon {event['horizon']}), "
+                f"last validation {last['val']}, {event['seconds']:.0f} s",
+            )
+
+    summary = trainer.run(on_event)
     if summary.interrupted:
         return {"status": "interrupted"}
     if summary.best_path is None:
@@ -131,12 +152,20 @@ def _eval(out_dir: Path, args: dict[str, Any]) -> dict[str, Any]:
     if args.get("lr_from"):
         lr = json.loads((Path(args["lr_from"]) / "done.json").read_text())["best_lr"]
     rule = load_rule(spec, lr=lr) if lr is not None else load_rule(spec)
+
+    def on_step(t, losses):
+        mean = float(losses.mean())
+        ln = f"{math.log(mean):+.3f}" if math.isfinite(mean) and mean > 0 else "nan"
+        _progress(out_dir, f"step {t}/{args['steps']}, ln mean loss {ln}")
+
     result = evaluate(
         rule,
         get_task(args["task"]),
         args["steps"],
         list(range(args["seeds"])),
         compile=args["steps"] >= COMPILE_FROM_STEPS,
+        callback=on_step,
+        callback_every=max(50, args["steps"] // 20),
     )
     if result.interrupted:
         return {"status": "interrupted"}
@@ -331,6 +360,7 @@ def run_plan(
     plan: Plan,
     jobs: int = 2,
     log: Callable[[str], None] = print,
+    report_every: float = 60.0,
 ) -> dict[str, Any]:
     """Run every job not yet done, ``jobs`` at a time. Returns ``{key: status}``; Ctrl-C stops
     the workers (training saves its state; unfinished evaluations are redone next time)."""
@@ -369,7 +399,12 @@ def run_plan(
                 running[pool.submit(_run_job, job.kind, str(job.out), job.args, threads)] = key
             if not running:
                 continue
-            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            done, _ = wait(list(running), timeout=report_every, return_when=FIRST_COMPLETED)
+            if not done:
+                for key in running.values():
+                    path = plan.jobs[key].out / PROGRESS
+                    text = path.read_text().strip() if path.exists() else "starting"
+                    log(f"  {key}: {text} [{time.perf_counter() - start:.0f} s elapsed]")
             for fut in done:
                 key = running.pop(fut)
                 try:

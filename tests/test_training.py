@@ -95,6 +95,9 @@ def test_existing_run_needs_resume_and_same_settings(tmp_path):
         Trainer(tiny_config(num_epochs=1), tmp_path / "run")
     with pytest.raises(TrainingError, match="horizon: saved 40 vs now 60"):
         Trainer(tiny_config(num_epochs=1, horizon=60), tmp_path / "run", resume=True)
+    # Training longer is allowed: a resumed run may raise its epoch limit.
+    longer = Trainer(tiny_config(num_epochs=2), tmp_path / "run", resume=True)
+    assert longer.epoch == 1 and longer.run().epochs_done == 2
 
 
 def test_non_finite_meta_gradients_are_skipped_and_counted(tmp_path):

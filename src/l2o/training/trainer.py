@@ -63,6 +63,8 @@ from l2o.training.unroll import (
 TRAIN_STATE = "train_state.pt"
 BEST = "best.safetensors"
 METRICS = "metrics.jsonl"
+#: Settings a resumed run may change: where it runs, and how long it trains.
+RESUMABLE_CHANGES = ("device", "compile", "num_epochs")
 #: The best rule of curriculum stage ``s`` (restored when the stage ends).
 STAGE_BEST = "stage-{}.safetensors"
 VALIDATION_SEED_BASE = 2**40
@@ -223,7 +225,7 @@ class Trainer:
         differ = {
             k
             for k in mine
-            if k not in ("device", "compile")
+            if k not in RESUMABLE_CHANGES
             and (saved[k] != mine[k] if k in saved else mine[k] != defaults[k])
         }
         if differ:

@@ -186,3 +186,13 @@ def test_several_teachers_take_turns(tmp_path):
         lambda e: records.append(e["teacher"]) if e["type"] == "epoch" else None
     )
     assert records == ["adam", "rmsprop@0.003", "nag", "adam", "rmsprop@0.003"]
+
+
+def test_joint_mode_trains_on_policy_with_the_imitation_term(tmp_path):
+    config = tiny_il_config(imitation_mode="joint", imitation_weight=0.5, num_epochs=2)
+    trainer = Trainer(config, tmp_path / "run")
+    records = []
+    trainer.run(lambda e: records.append(e) if e["type"] == "epoch" else None)
+    assert [r["imitation"] for r in records] == [False, False]  # no off-policy epochs
+    assert all(r["teacher"] == "adam" and r["imitation_loss"] > 0 for r in records)
+    assert trainer.meta_opt.state and not trainer.imitation_opt.state  # one objective, one step

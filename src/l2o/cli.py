@@ -130,12 +130,15 @@ def evaluate_cmd(
     compile_step: Annotated[
         bool, typer.Option("--compile/--no-compile", help="torch.compile a learned rule's step")
     ] = True,
+    label: Annotated[
+        str | None, typer.Option(help="name in figures and tables (default: RULE)")
+    ] = None,
 ) -> None:
     """Run RULE on TASK for STEPS steps over SEEDS seeds.
 
     Writes summary.json, losses.npz and curves.png into --out.
     """
-    label = rule if lr is None else f"{rule} (lr {lr:g})"
+    label = label or (rule if lr is None else f"{rule} (lr {lr:g})")
     safe = rule.replace(":", "-").replace("/", "_")
     out = out or Path("runs") / "eval" / f"{safe}-{task}"
     summary = run_evaluation(

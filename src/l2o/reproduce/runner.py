@@ -523,6 +523,11 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> list[P
                     )
                 elif train_status:
                     deviations.append(f"{curve.label}: training {train_status.get('status')}.")
+                from l2o.training import get_recipe
+
+                notes = get_recipe(value).notes
+                if notes:
+                    deviations.append(f"{curve.label} (recipe `{value}`): {notes}")
         for rule in fig.baselines:
             label = BASELINE_LABELS[rule]
             cells = []

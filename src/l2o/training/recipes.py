@@ -56,10 +56,10 @@ _DM_CPU = {
     "evaluation_epochs": 5,
     "stage_evaluation_periods": [100, 20, 10],
 }
-_DM_DEMO = {"curriculum": [100, 200, 500], "evaluation_epochs": 4}
+_DM_DEMO = {"curriculum": [100, 200], "evaluation_epochs": 4}
 # At the demo budget there is no room for a 300-epoch stage 0, so L2O-DM-CL-IL imitates from
 # stage 0 on (p = 0.1, stage 1's ratio): imitation is what lets it leave the plateau in minutes.
-_DM_CL_IL_DEMO = {**_DM_DEMO, "imitation_ratios": [0.1, 0.1, 0.3]}
+_DM_CL_IL_DEMO = {**_DM_DEMO, "imitation_ratios": [0.1, 0.1]}
 # RNNprop has no such plateau and the paper validates it every 10 epochs already.
 _RNNPROP_CPU = {"curriculum": [100, 200, 500, 1000], "evaluation_epochs": 5}
 _SCALE_CPU = {"curriculum": [100, 200, 500]}  # a 500-step L2O-Scale epoch takes ~15 s
@@ -152,7 +152,7 @@ RECIPES: dict[str, Recipe] = {
         },
         {"demo": (150, 10), "cpu": (700, 20), "paper": (10_000, 100)},
         budget_settings={"demo": _DM_CL_IL_DEMO, "cpu": _DM_CPU},
-        notes="demo budget: imitation from stage 0 on (p = 0.1, 0.1, 0.3), a deviation; the cpu "
+        notes="demo budget: imitation from stage 0 on (p = 0.1), a deviation; the cpu "
         "and paper budgets keep the paper's 0, 0.1, 0.3.",
     ),
     "rnnprop-cl-il": Recipe(

@@ -464,7 +464,9 @@ def demo(
 def demo_verdict(out: Path) -> str:
     """Whether L2O-DM-CL-IL beat L2O-DM in the demo, task by task, in words."""
     parts = []
-    for task in DEMO_TASKS:
+    from l2o.reproduce.paper import DEMO
+
+    for task in DEMO.tasks:
         means = {}
         for label in ("l2o-dm", "l2o-dm-cl-il"):
             path = Path(out) / "eval" / label / task / "summary.json"
@@ -481,9 +483,6 @@ def demo_verdict(out: Path) -> str:
                 f"({both:.2f} vs {plain:.2f})"
             )
     return "; ".join(parts) + "."
-
-
-DEMO_TASKS = ("mlp-orig", "mlp-relu")
 
 
 def main() -> None:

@@ -70,21 +70,22 @@ def binned_ln_curve(losses: np.ndarray, points: int = 200):
         return x, np.log(bins.mean(0)), np.log(bins.min(0)), np.log(bins.max(0))
 
 
-def plot_curves(curves: Sequence[Curve], path: Path, title: str = "") -> Path:
-    """Draw curves in the paper's style and save a PNG."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    for i, curve in enumerate(curves):
-        color = f"C{i % 10}"
-        x, mean, lo, hi = binned_ln_curve(curve.losses)
-        ax.plot(x, mean, color=color, lw=1.4, label=curve.label)
-        if curve.losses.shape[0] > 1:
-            ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
+def _draw(ax, curve: Curve, color: str, lw: float, alpha: float) -> None:
+    """One curve: ln(mean over seeds) with a min-max band over seeds."""
+    x, mean, lo, hi = binned_ln_curve(curve.losses)
+    ax.plot(x, mean, color=color, lw=lw, label=curve.label)
+    if curve.losses.shape[0] > 1:
+        ax.fill_between(x, lo, hi, color=color, alpha=alpha, lw=0)
+
+
+def _style(ax) -> None:
     ax.set_xlabel("Iterations")
     ax.set_ylabel("Training Loss (log)")
-    if title:
-        ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+
+
+def _save_figure(fig, path: Path) -> Path:
+    """Lay out, write atomically (temp file + rename) and close ``fig``."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,6 +94,18 @@ def plot_curves(curves: Sequence[Curve], path: Path, title: str = "") -> Path:
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def plot_curves(curves: Sequence[Curve], path: Path, title: str = "") -> Path:
+    """Draw curves in the paper's style and save a PNG."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    for i, curve in enumerate(curves):
+        _draw(ax, curve, f"C{i % 10}", lw=1.4, alpha=0.15)
+    _style(ax)
+    if title:
+        ax.set_title(title)
+    ax.legend(loc="best", fontsize=8)
+    return _save_figure(fig, path)
 
 
 def plot_grid(panels: dict[str, Sequence[Curve]], path: Path, title: str = "") -> Path:
@@ -106,14 +119,9 @@ def plot_grid(panels: dict[str, Sequence[Curve]], path: Path, title: str = "") -
     for ax, task in zip(axes.flat, names, strict=False):
         for curve in panels[task]:
             color = colors.setdefault(curve.label.split(" (lr")[0], f"C{len(colors) % 10}")
-            x, mean, lo, hi = binned_ln_curve(curve.losses)
-            ax.plot(x, mean, color=color, lw=1.3, label=curve.label)
-            if curve.losses.shape[0] > 1:
-                ax.fill_between(x, lo, hi, color=color, alpha=0.12, lw=0)
+            _draw(ax, curve, color, lw=1.3, alpha=0.12)
+        _style(ax)
         ax.set_title(task)
-        ax.set_xlabel("Iterations")
-        ax.set_ylabel("Training Loss (log)")
-        ax.grid(alpha=0.3)
         if panels[task]:
             ax.legend(loc="best", fontsize=6)
         else:
@@ -122,14 +130,7 @@ def plot_grid(panels: dict[str, Sequence[Curve]], path: Path, title: str = "") -
         ax.axis("off")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save_figure(fig, path)
 
 
 def save_eval(result: EvalResult, out_dir: Path, label: str | None = None) -> dict[str, Any]:

@@ -184,7 +184,6 @@ class Plan:
     weights: str  # "ours" | "paper"
     out: Path
     jobs: dict[str, Job] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
 
     def add(self, job: Job) -> str:
         self.jobs.setdefault(job.key, job)

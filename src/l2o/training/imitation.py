@@ -33,7 +33,7 @@ from l2o.evaluation import init_rule_state
 from l2o.registry import load_rule
 from l2o.rules.analytic import ANALYTIC_RULES
 from l2o.tasks.base import Task
-from l2o.training.unroll import Trajectory, loss_and_grad
+from l2o.training.unroll import Trajectory, loss_and_grad, unroll
 
 #: The teacher learning rate of the paper (Adam, RMSProp and NAG all at 0.01; METHOD.md 5.1).
 TEACHER_LR = 0.01
@@ -162,6 +162,23 @@ def imitation_unroll(
     return total.mean(), total.detach(), state
 
 
+class _Shadowed:
+    """A rule whose every step is shadowed by a teacher fed the same gradient; it accumulates
+    the imitation loss of the rule's steps against the teacher's (``il``, ``[n]``)."""
+
+    def __init__(self, rule, teacher, teacher_state: Any) -> None:
+        self.rule, self.teacher, self.teacher_state = rule, teacher, teacher_state
+        self.il: Tensor | None = None
+
+    def step(self, grad: Tensor, state: Any) -> tuple[Tensor, Any]:
+        delta, state = self.rule.step(grad, state)
+        with torch.no_grad():
+            target, self.teacher_state = self.teacher.step(grad, self.teacher_state)
+        term = imitation_loss(delta, target)
+        self.il = term if self.il is None else self.il + term
+        return delta, state
+
+
 def joint_unroll(
     rule,
     teacher,
@@ -179,20 +196,7 @@ def joint_unroll(
         ``(surrogate, losses, il_per_instance, new_traj, teacher_state)``; the surrogate's
         gradient is that of ``mean_n(sum_t f_t + weight * L_IL)``.
     """
-    x, state, grad = traj.x, traj.rule_state, traj.grad
-    losses = [traj.loss]
-    il = x.new_zeros(x.shape[0])
-    surrogate = x.new_zeros(())
-    for _ in range(length):
-        delta, state = rule.step(grad, state)
-        with torch.no_grad():
-            target, teacher_state = teacher.step(grad, teacher_state)
-        il = il + imitation_loss(delta, target)
-        x = x + delta
-        loss, grad = loss_and_grad(task, x, stream.next(), traj.scale)
-        surrogate = surrogate + (grad * x).sum()
-        losses.append(loss)
-    n = x.shape[0]
-    new = Trajectory(x, state, losses[-1], grad, traj.scale, traj.steps_done + length)
-    surrogate = surrogate / n + weight * il.mean()
-    return surrogate, torch.stack(losses), il.detach(), new, teacher_state
+    shadowed = _Shadowed(rule, teacher, teacher_state)
+    surrogate, losses, new = unroll(shadowed, task, traj, stream, length)
+    il = shadowed.il
+    return surrogate + weight * il.mean(), losses, il.detach(), new, shadowed.teacher_state

@@ -64,6 +64,8 @@ _DM_CL_IL_DEMO = {**_DM_DEMO, "imitation_ratios": [0.1, 0.1]}
 _RNNPROP_CPU = {"curriculum": [100, 200, 500, 1000], "evaluation_epochs": 5}
 _SCALE_CPU = {"curriculum": [100, 200, 500]}  # a 500-step L2O-Scale epoch takes ~15 s
 _SCALE_DEMO = {"curriculum": [100, 200], "evaluation_epochs": 3}
+_SCALE_CL_BUDGETS = {"demo": (60, 5), "cpu": (300, 10), "paper": (100, 1)}
+_SCALE_CL_BUDGET_SETTINGS = {"demo": _SCALE_DEMO, "cpu": _SCALE_CPU}
 
 
 @dataclass(frozen=True)
@@ -172,16 +174,16 @@ RECIPES: dict[str, Recipe] = {
         "L2O-Scale with curriculum (100 -> 5,000) and imitation of Adam in 10% of the "
         "meta-iterations",
         _SCALE_CL_SETTINGS,
-        {"demo": (60, 5), "cpu": (300, 10), "paper": (100, 1)},
-        budget_settings={"demo": _SCALE_DEMO, "cpu": _SCALE_CPU},
+        _SCALE_CL_BUDGETS,
+        budget_settings=_SCALE_CL_BUDGET_SETTINGS,
     ),
     "scale-cl-self": Recipe(
         "scale-cl-self",
         "L2O-Scale with curriculum and self-improving: it imitates its own best rule of the "
         "previous stage",
         {**_SCALE_CL_SETTINGS, "teachers": ["self"]},
-        {"demo": (60, 5), "cpu": (300, 10), "paper": (100, 1)},
-        budget_settings={"demo": _SCALE_DEMO, "cpu": _SCALE_CPU},
+        _SCALE_CL_BUDGETS,
+        budget_settings=_SCALE_CL_BUDGET_SETTINGS,
     ),
 }
 

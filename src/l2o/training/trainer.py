@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from l2o import __version__
 from l2o.checkpoint import (
@@ -55,6 +55,7 @@ from l2o.training.imitation import (
 from l2o.training.unroll import (
     ObjectiveSubsets,
     detach,
+    detach_state,
     start_trajectory,
     unroll,
     unroll_log_objective,
@@ -455,7 +456,7 @@ class Trainer:
             outcome = self._meta_step(loss, value, self.imitation_opt)
             if outcome in outcomes:
                 outcomes[outcome] += 1
-            state = tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, state)
+            state = detach_state(state)
             if not math.isfinite(teacher_losses[-1]):
                 break  # the teacher diverged: its steps teach nothing more
         self.imitation_epochs += 1

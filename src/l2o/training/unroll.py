@@ -115,9 +115,14 @@ def unroll(
     return surrogate / n, torch.stack(losses), new
 
 
+def detach_state(state: Any) -> Any:
+    """A rule state with every tensor cut from the graph (truncated backpropagation)."""
+    return tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, state)
+
+
 def detach(traj: Trajectory) -> Trajectory:
     """Cut the graph: the next unroll continues the trajectory from constants."""
-    state = tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, traj.rule_state)
+    state = detach_state(traj.rule_state)
     return Trajectory(traj.x.detach(), state, traj.loss, traj.grad, traj.scale, traj.steps_done)
 
 

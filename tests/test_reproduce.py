@@ -77,3 +77,22 @@ def test_reproduce_runs_end_to_end_writes_report_and_resumes(tmp_path):
     assert again.exit_code == 0, again.output
     assert "1 jobs to run (11 already done)" in again.output
     assert "start eval/l2o-dm/mlp-orig" in again.output
+
+
+def test_plan_names_a_training_it_will_resume_and_counts_only_what_is_left(tmp_path):
+    from l2o.reproduce.runner import describe_plan, estimate_seconds
+
+    plan = make_plan(["fig5"], "paper", tmp_path, tasks=["mlp-orig"])
+    job = plan.jobs["train/dm-paper"]
+    full = estimate_seconds(job)
+    assert not any("resuming" in line for line in describe_plan(plan, 1))
+    # What a training killed after epoch 2500 leaves behind (the trainer writes both each epoch);
+    # the last line was cut by the kill.
+    job.out.mkdir(parents=True)
+    (job.out / "train_state.pt").write_bytes(b"state")
+    lines = [json.dumps({"type": "epoch", "epoch": e, "horizon": 100}) for e in (2499, 2500)]
+    (job.out / "metrics.jsonl").write_text("\n".join(lines) + '\n{"type": "epoch", "ep')
+    text = "\n".join(describe_plan(plan, 1))
+    assert "resuming train/dm-paper at epoch 2500 of 10000" in text
+    assert "with 1 job at a time" in text
+    assert estimate_seconds(job) == pytest.approx(full * 0.75)

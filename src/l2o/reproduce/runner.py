@@ -315,15 +315,40 @@ _TRAIN_RATE = {"dm": 60.0, "rnnprop": 50.0, "scale": 35.0}
 _EVAL_RATE = {"learned": 150.0, "analytic": 2_000.0}
 
 
+def epochs_done(job: Job) -> int:
+    """How many epochs an unfinished training job has already done (0 if it has not started):
+    the last epoch in its ``metrics.jsonl``, which the trainer writes with its resumable state."""
+    if job.kind != "train" or not (job.out / "train_state.pt").exists():
+        return 0
+    path = job.out / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    last = 0
+    for line in path.read_text().splitlines():
+        if '"type": "epoch"' in line:
+            try:
+                last = int(json.loads(line)["epoch"])
+            except (ValueError, KeyError):  # a line cut by a kill: the earlier ones still count
+                continue
+    return last
+
+
+def _num_epochs(job: Job) -> int:
+    from l2o.training import get_recipe
+
+    return get_recipe(job.args["recipe"]).config(job.args["budget"]).num_epochs
+
+
 def estimate_seconds(job: Job) -> float:
-    """A rough single-thread CPU estimate of a job (an upper bound for curricula: every epoch is
-    counted at the mean of the curriculum's horizons)."""
+    """A rough single-thread CPU estimate of what is left of a job (an upper bound for curricula:
+    every epoch is counted at the mean of the curriculum's horizons)."""
     if job.kind == "train":
         from l2o.training import get_recipe
 
         c = get_recipe(job.args["recipe"]).config(job.args["budget"])
         horizon = sum(c.horizons) / len(c.horizons)
-        return c.num_epochs * horizon / _TRAIN_RATE.get(c.model, 50.0)
+        left = max(0, c.num_epochs - epochs_done(job))
+        return left * horizon / _TRAIN_RATE.get(c.model, 50.0)
     steps = job.args["steps"] * job.args["seeds"]
     if job.kind == "grid":
         return steps * len(job.args["lrs"]) / _EVAL_RATE["analytic"]
@@ -345,11 +370,14 @@ def describe_plan(plan: Plan, jobs: int) -> list[str]:
         f"{sum(j.kind == 'grid' for j in todo)} learning-rate grids, "
         f"{sum(j.kind == 'eval' for j in todo)} evaluations",
     ]
+    for j in todo:
+        if done := epochs_done(j):
+            lines.append(f"resuming {j.key} at epoch {done} of {_num_epochs(j)}")
     total = sum(estimate_seconds(j) for j in todo)
     lines.append(
         f"estimated time: about {total / 3600:.1f} CPU-thread hours, so about "
-        f"{total / 3600 / max(1, jobs):.1f} h with {jobs} jobs at a time on a CPU like the "
-        "development machine's (a GPU is far faster for --budget paper)"
+        f"{total / 3600 / max(1, jobs):.1f} h with {jobs} job{'s' if jobs != 1 else ''} at a "
+        "time on a CPU like the development machine's (a GPU is far faster for --budget paper)"
     )
     return lines
 
@@ -394,7 +422,8 @@ def run_plan(
                     statuses[key] = {"status": "skipped", "error": "a job it needs failed"}
                     continue
                 job.out.mkdir(parents=True, exist_ok=True)
-                log(f"start {key}")
+                done = epochs_done(job)
+                log(f"resume {key} at epoch {done}" if done else f"start {key}")
                 running[pool.submit(_run_job, job.kind, str(job.out), job.args, threads)] = key
             if not running:
                 continue

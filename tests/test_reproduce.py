@@ -71,8 +71,17 @@ def test_reproduce_runs_end_to_end_writes_report_and_resumes(tmp_path):
     summary = json.loads((out / "eval" / "adam" / "mlp-orig" / "summary.json").read_text())
     assert summary["hyperparameters"]["lr"] == grid["best_lr"] and summary["steps"] == 20
 
-    # Resume: only the job whose result is gone runs again.
+    # A job whose result is gone: the report says so, cell by cell, and how to finish it.
     (out / "eval" / "l2o-dm" / "mlp-orig" / "done.json").unlink()
+    from l2o.reproduce.runner import write_report
+
+    plan = make_plan(["fig5"], "demo", out, steps=20, seeds=2, weights="paper", tasks=["mlp-orig"])
+    write_report(plan, {}, 1.0)
+    report = (out / "fig5.md").read_text()
+    assert "| L2O-DM (paper weights) | not run / paper -0.10 |" in report
+    assert "1 cell not run:" in report and "run the same command again" in report
+
+    # Resume: only the job whose result is gone runs again.
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
     assert "1 jobs to run (11 already done)" in again.output

@@ -467,7 +467,7 @@ def _summary(path: Path) -> dict[str, Any] | None:
 
 def _cell(summary: dict[str, Any] | None) -> str:
     if summary is None:
-        return "not run (interrupted or failed: re-run the command)"
+        return "not run"
     f = summary["final_ln_loss"]
     if f["mean"] is None:
         return "diverged on every seed"
@@ -570,6 +570,13 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> list[P
                 else:
                     cells.append(_cell(None))
             rows.append(f"| {label} (grid-tuned lr) | " + " | ".join(cells) + " |")
+        not_run = sum(row.count("not run") for row in rows)
+        if not_run:
+            deviations.insert(
+                0,
+                f"{not_run} cell{'s' if not_run != 1 else ''} not run: the run was interrupted "
+                "or a job failed (the log names it); run the same command again to finish them.",
+            )
         png = plan.out / f"{fig.name}.png"
         plot_grid(panels, png, f"{fig.title} — ours, budget {plan.budget}")
         paths.append(png)

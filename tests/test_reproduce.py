@@ -105,3 +105,19 @@ def test_plan_names_a_training_it_will_resume_and_counts_only_what_is_left(tmp_p
     assert "resuming train/dm-paper at epoch 2500 of 10000" in text
     assert "with 1 job at a time" in text
     assert estimate_seconds(job) == pytest.approx(full * 0.75)
+
+
+def test_trainings_start_before_the_evaluations_of_finished_ones(tmp_path):
+    from l2o.reproduce.runner import ready_jobs
+
+    plan = make_plan(["fig5"], "cpu", tmp_path)
+    pending = dict(plan.jobs)
+    first = ready_jobs(pending, set())
+    assert first[:4] == ["train/dm-cpu", "train/dm-aug-cpu", "train/dm-il-cpu", "train/dm-cl-cpu"]
+    assert not any(k.startswith("eval/l2o-") for k in first)  # they need their training
+    # dm has trained (a resumed run) and dm-aug is running: dm's evaluations are ready, but the
+    # other trainings go first, and nothing waiting on dm-aug is ready.
+    del pending["train/dm-cpu"], pending["train/dm-aug-cpu"]
+    ready = ready_jobs(pending, {"train/dm-aug-cpu"})
+    assert "eval/l2o-dm/mlp-orig" in ready and "eval/l2o-dm-aug/mlp-orig" not in ready
+    assert ready[:2] == ["train/dm-il-cpu", "train/dm-cl-cpu"]

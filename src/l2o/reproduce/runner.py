@@ -58,9 +58,15 @@ class Job:
 def _run_job(kind: str, out: str, args: dict[str, Any], threads: int) -> dict[str, Any]:
     """Execute one job in a worker process; returns ``{"status": ...}``."""
     import torch
+    import torch._dynamo
 
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
+    # A worker runs many jobs. torch.compile caches per code object (e.g. ``DMRule.step``) across
+    # them, and each new task shape or rule instance is one more recompilation; past dynamo's
+    # limit (8) it silently falls back to eager for the rest of the worker's life. Each job starts
+    # with a clean cache instead (seen in a fig5 cpu run: the 8th job ran eager).
+    torch._dynamo.reset()
     out_dir = Path(out)
     start = time.perf_counter()
     try:
@@ -383,6 +389,15 @@ def describe_plan(plan: Plan, jobs: int) -> list[str]:
 
 
 # -- execution ----------------------------------------------------------------------------------
+def ready_jobs(pending: dict[str, Job], running: set[str]) -> list[str]:
+    """The pending jobs whose dependencies are all finished, trainings first: they are the
+    longest jobs, and every evaluation of theirs waits for them."""
+    ready = [
+        k for k, j in pending.items() if all(d not in pending and d not in running for d in j.deps)
+    ]
+    return sorted(ready, key=lambda k: pending[k].kind != "train")
+
+
 def run_plan(
     plan: Plan,
     jobs: int = 2,
@@ -409,12 +424,7 @@ def run_plan(
     finished = 0
     try:
         while pending or running:
-            ready = [
-                k
-                for k, j in pending.items()
-                if all(d not in pending and d not in running.values() for d in j.deps)
-                and len(running) < jobs
-            ]
+            ready = ready_jobs(pending, set(running.values()))
             for key in ready[: jobs - len(running)]:
                 job = pending.pop(key)
                 if any(d in failed for d in job.deps):
@@ -422,8 +432,8 @@ def run_plan(
                     statuses[key] = {"status": "skipped", "error": "a job it needs failed"}
                     continue
                 job.out.mkdir(parents=True, exist_ok=True)
-                done = epochs_done(job)
-                log(f"resume {key} at epoch {done}" if done else f"start {key}")
+                resumed = epochs_done(job)
+                log(f"resume {key} at epoch {resumed}" if resumed else f"start {key}")
                 running[pool.submit(_run_job, job.kind, str(job.out), job.args, threads)] = key
             if not running:
                 continue

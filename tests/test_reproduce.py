@@ -121,3 +121,13 @@ def test_trainings_start_before_the_evaluations_of_finished_ones(tmp_path):
     ready = ready_jobs(pending, {"train/dm-aug-cpu"})
     assert "eval/l2o-dm/mlp-orig" in ready and "eval/l2o-dm-aug/mlp-orig" not in ready
     assert ready[:2] == ["train/dm-il-cpu", "train/dm-cl-cpu"]
+
+
+def test_eta_rescales_the_estimates_by_how_the_finished_jobs_went():
+    from l2o.reproduce.runner import remaining_seconds
+
+    estimates = {"train": 1000.0, "eval-a": 100.0, "eval-b": 100.0}
+    assert remaining_seconds(estimates, {}) == 1200.0
+    # The finished evaluation took twice its estimate: the rest is expected to as well.
+    assert remaining_seconds(estimates, {"eval-a": 200.0}) == pytest.approx(2200.0)
+    assert remaining_seconds(estimates, {k: 1.0 for k in estimates}) == 0.0

@@ -389,6 +389,17 @@ def describe_plan(plan: Plan, jobs: int) -> list[str]:
 
 
 # -- execution ----------------------------------------------------------------------------------
+def remaining_seconds(estimates: dict[str, float], spent: dict[str, float]) -> float:
+    """Thread-seconds left: the a-priori estimates of the unfinished jobs, rescaled by how the
+    finished ones compared with theirs (this machine may be faster, slower or busier than the one
+    the estimates come from)."""
+    left = sum(v for k, v in estimates.items() if k not in spent)
+    done_estimate = sum(estimates[k] for k in spent if k in estimates)
+    if done_estimate <= 0:
+        return left
+    return left * sum(spent.values()) / done_estimate
+
+
 def ready_jobs(pending: dict[str, Job], running: set[str]) -> list[str]:
     """The pending jobs whose dependencies are all finished, trainings first: they are the
     longest jobs, and every evaluation of theirs waits for them."""
@@ -422,6 +433,8 @@ def run_plan(
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
     finished = 0
+    estimates = {k: estimate_seconds(j) for k, j in pending.items()}
+    spent: dict[str, float] = {}
     try:
         while pending or running:
             ready = ready_jobs(pending, set(running.values()))
@@ -454,7 +467,8 @@ def run_plan(
                 if status["status"] != "done":
                     failed.add(key)
                 elapsed = time.perf_counter() - start
-                eta = elapsed / finished * (total - finished)
+                spent[key] = float(status.get("seconds", 0.0))
+                eta = remaining_seconds(estimates, spent) / jobs
                 log(
                     f"{status['status']} {key} ({status.get('seconds', 0):.0f} s) "
                     f"[{finished}/{total}, {elapsed:.0f} s elapsed, ETA {eta:.0f} s]"

@@ -131,3 +131,21 @@ def test_eta_rescales_the_estimates_by_how_the_finished_jobs_went():
     # The finished evaluation took twice its estimate: the rest is expected to as well.
     assert remaining_seconds(estimates, {"eval-a": 200.0}) == pytest.approx(2200.0)
     assert remaining_seconds(estimates, {k: 1.0 for k in estimates}) == 0.0
+
+
+def test_a_missing_data_set_stops_the_run_before_any_job(tmp_path, monkeypatch):
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    monkeypatch.setenv("L2O_DATA_DIR", str(empty))
+    monkeypatch.setenv("L2O_CACHE_DIR", str(tmp_path / "cache"))  # (conftest blocks the network)
+    from l2o.data import clear_memory_cache
+
+    clear_memory_cache()
+    out = tmp_path / "rep"
+    args = ["reproduce", "fig6", "--weights", "paper", "--budget", "demo", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    clear_memory_cache()
+    assert result.exit_code == 2, result.output
+    assert "MNIST" in result.output and "L2O_DATA_DIR" in result.output
+    assert "Nothing has run" in result.output
+    assert not (out / "train").exists() and not (out / "eval").exists()

@@ -355,7 +355,8 @@ def reproduce(
     """Reproduce a figure of the paper: meta-train what it needs on mlp-orig, evaluate every
     optimizer on the figure's tasks beside grid-tuned Adam, RMSprop, SGD and NAG, and write the
     figure (PNG) and a markdown report. Re-running resumes: finished jobs are kept."""
-    from l2o.reproduce.runner import describe_plan, make_plan, run_plan, write_report
+    from l2o.data import DataError
+    from l2o.reproduce.runner import check_data, describe_plan, make_plan, run_plan, write_report
 
     out = out or Path("runs") / f"reproduce-{budget}"
     try:
@@ -374,6 +375,10 @@ def reproduce(
         console.print(line)
     if plan_only:
         return
+    try:
+        check_data(plan)
+    except DataError as err:
+        _fail(f"{err}\nNothing has run; the jobs already done in {out} are kept.")
     start = time.perf_counter()
     interrupted = False
     try:
@@ -448,12 +453,17 @@ def demo(
     """The main job: meta-train L2O-DM with and without the paper's curriculum + imitation (demo
     budget, in parallel), evaluate both beside grid-tuned Adam on mlp-orig and mlp-relu, and
     write the figure and report. Re-running resumes what is done."""
+    from l2o.data import DataError
     from l2o.reproduce.paper import DEMO
-    from l2o.reproduce.runner import describe_plan, make_plan, run_plan, write_report
+    from l2o.reproduce.runner import check_data, describe_plan, make_plan, run_plan, write_report
 
     plan = make_plan([DEMO], "demo", out, steps=steps, seeds=seeds)
     for line in describe_plan(plan, jobs):
         console.print(line)
+    try:
+        check_data(plan)
+    except DataError as err:
+        _fail(f"{err}\nNothing has run; the jobs already done in {out} are kept.")
     start = time.perf_counter()
     try:
         statuses = run_plan(plan, jobs=jobs, log=lambda m: console.print(m, highlight=False))

@@ -33,3 +33,12 @@ def test_unknown_bundled_name_is_named_in_the_error():
         bundled_path("dm-xl")
     with pytest.raises(ValueError, match="bundled optimizer"):
         l2o.load_rule("dm-xl")
+
+
+@pytest.mark.parametrize("name", bundled_names())
+def test_loading_warns_only_for_an_optimizer_that_always_diverged(name, recwarn):
+    evaluation = bundled_cards()[name]["evaluation"]
+    always = all(result["final_ln_loss"] is None for result in evaluation.values())
+    l2o.load_rule(name)
+    warned = [w for w in recwarn if "diverged on every task" in str(w.message)]
+    assert len(warned) == (1 if always else 0)

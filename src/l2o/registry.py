@@ -8,10 +8,23 @@ path.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 from l2o.rules.analytic import ANALYTIC_RULES, get_analytic_rule
+
+
+def _warn_if_it_always_diverged(name: str, card: dict[str, Any]) -> None:
+    """A bundled optimizer that diverged on every task of its card is shipped for reproducing the
+    paper's curves, not for use: say so whenever it is loaded."""
+    evaluation = card.get("evaluation") or {}
+    if evaluation and all(r.get("final_ln_loss") is None for r in evaluation.values()):
+        warnings.warn(
+            f"the bundled optimizer {name!r} diverged on every task it was evaluated on "
+            f"({', '.join(evaluation)}); its card says where it fails (`l2o pretrained`)",
+            stacklevel=3,
+        )
 
 
 def load_rule(spec: str, **hparams: Any):
@@ -27,7 +40,9 @@ def load_rule(spec: str, **hparams: Any):
     if spec in bundled_names():
         from l2o.checkpoint import load_rule_checkpoint
 
-        return load_rule_checkpoint(bundled_path(spec))
+        rule = load_rule_checkpoint(bundled_path(spec))
+        _warn_if_it_always_diverged(spec, rule.card)
+        return rule
     path = Path(spec)
     if path.exists():
         from l2o.checkpoint import load_rule_checkpoint

@@ -11,6 +11,7 @@ def test_at_least_dm_cl_il_is_bundled():
     assert "dm-cl-il" in bundled_names()
 
 
+@pytest.mark.filterwarnings("ignore:the bundled optimizer")  # scale-cl-il: tested below
 @pytest.mark.parametrize("name", bundled_names())
 def test_bundled_optimizer_loads_by_name_with_its_card(name):
     card = bundled_cards()[name]

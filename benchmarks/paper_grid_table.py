@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from l2o.reproduce.paper import FIGURES, PAPER_VALUES, TASKS
+from l2o.reproduce.paper import TASKS, paper_value_of_weights
 
 NAMES = ["dm", "dm-aug", "dm-il", "dm-cl", "dm-cl-il", "rnnprop", "rnnprop-cl-il"]
 
@@ -52,14 +52,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--evals", type=Path, default=Path("runs/eval"))
     args = ap.parse_args()
-    label = {
-        c.paper_weights: c.label for f in FIGURES.values() for c in f.curves if c.paper_weights
-    }
     print("| checkpoint | " + " | ".join(TASKS) + " |")
     print("|---" * (len(TASKS) + 1) + "|")
     for name in NAMES:
-        paper = PAPER_VALUES.get(label[f"paper:{name}"], {})
-        cells = [cell(best_summary(args.evals, name, t), paper.get(t)) for t in TASKS]
+        cells = [
+            cell(best_summary(args.evals, name, t), paper_value_of_weights(f"paper:{name}", t))
+            for t in TASKS
+        ]
         print(f"| `paper:{name}` | " + " | ".join(cells) + " |")
 
 

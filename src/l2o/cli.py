@@ -355,8 +355,7 @@ def reproduce(
     """Reproduce a figure of the paper: meta-train what it needs on mlp-orig, evaluate every
     optimizer on the figure's tasks beside grid-tuned Adam, RMSprop, SGD and NAG, and write the
     figure (PNG) and a markdown report. Re-running resumes: finished jobs are kept."""
-    from l2o.data import DataError
-    from l2o.reproduce.runner import check_data, describe_plan, make_plan, run_plan, write_report
+    from l2o.reproduce.runner import describe_plan, make_plan, run_plan, write_report
 
     out = out or Path("runs") / f"reproduce-{budget}"
     try:
@@ -375,10 +374,7 @@ def reproduce(
         console.print(line)
     if plan_only:
         return
-    try:
-        check_data(plan)
-    except DataError as err:
-        _fail(f"{err}\nNothing has run; the jobs already done in {out} are kept.")
+    _check_data(plan, out)
     start = time.perf_counter()
     interrupted = False
     try:
@@ -400,11 +396,22 @@ def reproduce(
         raise typer.Exit(1)
 
 
+def _check_data(plan, out: Path) -> None:
+    """Stop before anything runs if a data set the plan needs is missing or corrupt."""
+    from l2o.data import DataError
+    from l2o.reproduce.runner import check_data
+
+    try:
+        check_data(plan)
+    except DataError as err:
+        _fail(f"{err}\nNothing has run; the jobs already done in {out} are kept.")
+
+
 @app.command()
 def pretrained() -> None:
     """List the optimizers that load by name: ours (bundled) and the paper's own trained weights."""
     from l2o.bundled import bundled_cards
-    from l2o.reproduce.paper import FIGURES, PAPER_VALUES
+    from l2o.reproduce.paper import paper_value_of_weights
     from l2o.rules.paper import PAPER_CHECKPOINTS, paper_checkpoint_dir
 
     table = Table(
@@ -428,12 +435,10 @@ def pretrained() -> None:
             ours,
             str(len(evaluation)),
         )
-    paper_label = {
-        c.paper_weights: c.label for f in FIGURES.values() for c in f.curves if c.paper_weights
-    }
     for name, (kind, _file) in PAPER_CHECKPOINTS.items():
-        value = PAPER_VALUES.get(paper_label.get(name, ""), {}).get("mlp-orig")
-        table.add_row(name, kind, "the authors", f"paper: {value:.2f}" if value else "-", "-")
+        value = paper_value_of_weights(name, "mlp-orig")
+        shown = f"paper: {value:.2f}" if value is not None else "-"
+        table.add_row(name, kind, "the authors", shown, "-")
     Console().print(table)
     console.print(
         "paper:* are the trained weights of Chen et al. (NeurIPS 2020), "
@@ -453,17 +458,13 @@ def demo(
     """The main job: meta-train L2O-DM with and without the paper's curriculum + imitation (demo
     budget, in parallel), evaluate both beside grid-tuned Adam on mlp-orig and mlp-relu, and
     write the figure and report. Re-running resumes what is done."""
-    from l2o.data import DataError
     from l2o.reproduce.paper import DEMO
-    from l2o.reproduce.runner import check_data, describe_plan, make_plan, run_plan, write_report
+    from l2o.reproduce.runner import describe_plan, make_plan, run_plan, write_report
 
     plan = make_plan([DEMO], "demo", out, steps=steps, seeds=seeds)
     for line in describe_plan(plan, jobs):
         console.print(line)
-    try:
-        check_data(plan)
-    except DataError as err:
-        _fail(f"{err}\nNothing has run; the jobs already done in {out} are kept.")
+    _check_data(plan, out)
     start = time.perf_counter()
     try:
         statuses = run_plan(plan, jobs=jobs, log=lambda m: console.print(m, highlight=False))

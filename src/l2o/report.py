@@ -92,15 +92,13 @@ def _style(ax) -> None:
 
 
 def _save_figure(fig, path: Path) -> Path:
-    """Lay out, write atomically (temp file + rename) and close ``fig``."""
+    """Lay out, write atomically (:func:`atomic_write_bytes`) and close ``fig``."""
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)
 
 
 def plot_curves(curves: Sequence[Curve], path: Path, title: str = "") -> Path:

@@ -125,3 +125,13 @@ DEMO = Figure(
     tasks=("mlp-orig", "mlp-relu"),
     baselines=("adam",),
 )
+
+
+def paper_value_of_weights(weights: str, task: str) -> float | None:
+    """The paper's 10,000-step value (METHOD.md section 7) of the curve the authors' checkpoint
+    ``weights`` (e.g. ``"paper:dm-cl-il"``) was published for, on ``task``; ``None`` if unknown."""
+    for fig in FIGURES.values():
+        for curve in fig.curves:
+            if curve.paper_weights == weights:
+                return PAPER_VALUES.get(curve.label, {}).get(task)
+    return None

@@ -339,19 +339,17 @@ def epochs_done(job: Job) -> int:
     return last
 
 
-def _num_epochs(job: Job) -> int:
+def _train_config(job: Job):
     from l2o.training import get_recipe
 
-    return get_recipe(job.args["recipe"]).config(job.args["budget"]).num_epochs
+    return get_recipe(job.args["recipe"]).config(job.args["budget"])
 
 
 def estimate_seconds(job: Job) -> float:
     """A rough single-thread CPU estimate of what is left of a job (an upper bound for curricula:
     every epoch is counted at the mean of the curriculum's horizons)."""
     if job.kind == "train":
-        from l2o.training import get_recipe
-
-        c = get_recipe(job.args["recipe"]).config(job.args["budget"])
+        c = _train_config(job)
         horizon = sum(c.horizons) / len(c.horizons)
         left = max(0, c.num_epochs - epochs_done(job))
         return left * horizon / _TRAIN_RATE.get(c.model, 50.0)
@@ -378,7 +376,7 @@ def describe_plan(plan: Plan, jobs: int) -> list[str]:
     ]
     for j in todo:
         if done := epochs_done(j):
-            lines.append(f"resuming {j.key} at epoch {done} of {_num_epochs(j)}")
+            lines.append(f"resuming {j.key} at epoch {done} of {_train_config(j).num_epochs}")
     total = sum(estimate_seconds(j) for j in todo)
     lines.append(
         f"estimated time: about {total / 3600:.1f} CPU-thread hours, so about "
@@ -550,6 +548,7 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> list[P
         header = "| optimizer | " + " | ".join(fig.tasks) + " |"
         rows = [header, "|---" * (len(fig.tasks) + 1) + "|"]
         panels: dict[str, list] = {t: [] for t in fig.tasks}
+        not_run = 0
         for curve in fig.curves:
             kind, value = plan.curve_source(curve)
             cells = []
@@ -562,6 +561,7 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> list[P
                     continue
                 path = plan.out / plan.eval_key(curve.label, task)
                 summary = _summary(path)
+                not_run += summary is None
                 if summary is not None:
                     _, losses = load_eval(path)
                     panels[task].append(Curve(curve.label, losses))
@@ -606,9 +606,9 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> list[P
                     panels[task].append(Curve(f"{label} (lr {lr:g})", losses))
                     cells.append(f"{_cell(summary)} (lr {lr:g})")
                 else:
+                    not_run += 1
                     cells.append(_cell(None))
             rows.append(f"| {label} (grid-tuned lr) | " + " | ".join(cells) + " |")
-        not_run = sum(row.count("not run") for row in rows)
         if not_run:
             deviations.insert(
                 0,

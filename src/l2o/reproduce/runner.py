@@ -80,7 +80,7 @@ def _run_job(kind: str, out: str, args: dict[str, Any], threads: int) -> dict[st
         status = {"status": "interrupted"}
     status["seconds"] = round(time.perf_counter() - start, 1)
     if status["status"] == "done":
-        from l2o.report import atomic_write_json
+        from l2o.io import atomic_write_json
 
         atomic_write_json(out_dir / "done.json", status)
     return status
@@ -515,7 +515,8 @@ def _cell(summary: dict[str, Any] | None) -> str:
 
 def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> list[Path]:
     """One PNG and one markdown section per figure, and ``report.md`` holding them all."""
-    from l2o.report import Curve, atomic_write_bytes, load_eval, plot_grid
+    from l2o.io import atomic_write_bytes
+    from l2o.report import Curve, load_eval, plot_grid
 
     sections = [
         "# Reproducing Chen et al. (2020): our results beside the paper's\n",

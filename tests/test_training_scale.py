@@ -18,7 +18,8 @@ from l2o.rules.scale import ScaleRule
 from l2o.tasks import get_task
 from l2o.tasks.base import generators
 from l2o.training import TrainConfig, Trainer, TrainingError, get_recipe
-from l2o.training.trainer import TRAIN_STATE, make_meta_optimizer
+from l2o.training.metastep import make_meta_optimizer
+from l2o.training.persistence import TRAIN_STATE
 from l2o.training.unroll import (
     LOG_OBJECTIVE_EPS,
     ObjectiveSubsets,

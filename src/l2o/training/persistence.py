@@ -4,7 +4,9 @@
 meta-optimizer moments, epoch counter, best score, curriculum state, ...), written atomically after
 every epoch and read with ``torch.load(weights_only=True)``; ``metrics.jsonl`` has one JSON
 object per epoch and per validation; ``config.json`` is the flat configuration. A resumed run must
-use the settings it was saved with, except those in :data:`RESUMABLE_CHANGES`.
+use the settings it was saved with, except those in :data:`RESUMABLE_CHANGES`. The card saved
+with every best rule (:func:`rule_card`) records the run's flat configuration and the package
+version.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from l2o._version import __version__
 from l2o.checkpoint import load_training_state, save_training_state
 from l2o.io import append_jsonl, atomic_write_json, read_jsonl, write_jsonl
 from l2o.training.config import TrainConfig
+from l2o.training.curriculum import CurriculumState
 
 TRAIN_STATE = "train_state.pt"
 BEST = "best.safetensors"
@@ -104,3 +108,66 @@ class RunDirectory:
         if self.metrics.exists():
             records = read_jsonl(self.metrics)
             write_jsonl(self.metrics, [r for r in records if r.get("epoch", 0) <= epoch])
+
+
+def capture_state(trainer) -> dict[str, Any]:
+    """Everything a resumed run needs from ``trainer`` (an :class:`~l2o.training.Trainer`)."""
+    separate = trainer.imitation_opt is not trainer.meta_opt
+    return {
+        "config": json.dumps(trainer.config.to_dict()),
+        "rule": {k: v.detach().cpu() for k, v in trainer.rule.state_dict().items()},
+        "meta_optimizer": trainer.meta_opt.state_dict(),
+        "epoch": trainer.epoch,
+        "best_score": trainer.best_score,
+        "best_epoch": trainer.best_epoch,
+        "skipped": trainer.skipped,
+        "seconds": trainer.seconds,
+        "zeroed": trainer.zeroed,
+        "carried_rule_state": trainer.carried_state,
+        "curriculum": trainer.stage.to_dict(),
+        "imitation_epochs": trainer.imitation_epochs,
+        "imitation_optimizer": trainer.imitation_opt.state_dict() if separate else None,
+    }
+
+
+def restore_state(trainer, state: dict[str, Any]) -> None:
+    """Put a state written by :func:`capture_state` back into ``trainer`` (entries added in later
+    versions default to what runs saved before them did)."""
+    trainer.rule.load_state_dict(state["rule"])
+    trainer.meta_opt.load_state_dict(state["meta_optimizer"])
+    trainer.epoch = state["epoch"]
+    trainer.best_score, trainer.best_epoch = state["best_score"], state["best_epoch"]
+    trainer.skipped, trainer.seconds = state["skipped"], state["seconds"]
+    trainer.zeroed = state.get("zeroed", 0)
+    trainer.carried_state = state.get("carried_rule_state")
+    if state.get("curriculum"):
+        trainer.stage = CurriculumState.from_dict(state["curriculum"])
+    trainer.imitation_epochs = state.get("imitation_epochs", 0)
+    separate = trainer.imitation_opt is not trainer.meta_opt
+    if state.get("imitation_optimizer") is not None and separate:
+        trainer.imitation_opt.load_state_dict(state["imitation_optimizer"])
+
+
+def rule_card(trainer) -> dict[str, Any]:
+    """The card saved with the trainer's rule: what it is, how and how long it was trained."""
+    c = trainer.config
+    curriculum = trainer.curriculum is not None
+    card = {
+        "recipe": c.recipe,
+        "budget": c.budget,
+        "task": c.task,
+        "task_options": c.task_options,
+        "epochs": trainer.epoch,
+        "best_epoch": trainer.best_epoch,
+        "horizons": c.horizons[: trainer.stage.stage + 1] if curriculum else [c.horizon],
+        "validation_score": trainer.best_score,
+        "validation_horizon": trainer.validation_horizon,
+        "training_seconds": round(trainer.seconds, 1),
+        "package_version": __version__,
+        "config": c.to_dict(),
+    }
+    if curriculum:
+        card["curriculum_stage"] = trainer.stage.stage
+    if c.imitation.enabled:
+        card["imitation_epochs"] = trainer.imitation_epochs
+    return card

@@ -18,7 +18,6 @@ if it had never stopped.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +25,6 @@ from typing import Any
 
 import torch
 
-from l2o._version import __version__
 from l2o.checkpoint import build_rule, load_rule_checkpoint, save_rule
 from l2o.compiling import CompiledStep
 from l2o.tasks import get_task
@@ -43,25 +41,19 @@ from l2o.training.epochs import (
     OffPolicyImitation,
     Population,
     epoch_record,
-    epoch_seeds,
     make_objective,
     on_policy_epoch,
 )
 from l2o.training.imitation import Teachers, freeze
 from l2o.training.metastep import MetaStep, StepOutcome, make_meta_optimizer
-from l2o.training.persistence import TRAIN_STATE, RunDirectory, TrainingError
-from l2o.training.validation import validate, validation_due, validation_score
-
-# Re-exported: the names this module has always offered.
-__all__ = [
-    "TRAIN_STATE",
-    "TrainSummary",
-    "Trainer",
-    "TrainingError",
-    "epoch_seeds",
-    "make_meta_optimizer",
-    "validation_score",
-]
+from l2o.training.persistence import (
+    RunDirectory,
+    TrainingError,
+    capture_state,
+    restore_state,
+    rule_card,
+)
+from l2o.training.validation import validate, validation_due
 
 
 @dataclass
@@ -126,62 +118,17 @@ class Trainer:
         params = self.rule.parameters()
         self.imitation_opt = make_meta_optimizer(c, params) if separate else self.meta_opt
 
-    # -- state ---------------------------------------------------------------------------------
+    # -- state (what a resumed run needs, and the card of a saved rule) ------------------------
     def _state(self) -> dict[str, Any]:
-        separate = self.imitation_opt is not self.meta_opt
-        return {
-            "config": json.dumps(self.config.to_dict()),
-            "rule": {k: v.detach().cpu() for k, v in self.rule.state_dict().items()},
-            "meta_optimizer": self.meta_opt.state_dict(),
-            "epoch": self.epoch,
-            "best_score": self.best_score,
-            "best_epoch": self.best_epoch,
-            "skipped": self.skipped,
-            "seconds": self.seconds,
-            "zeroed": self.zeroed,
-            "carried_rule_state": self.carried_state,
-            "curriculum": self.stage.to_dict(),
-            "imitation_epochs": self.imitation_epochs,
-            "imitation_optimizer": self.imitation_opt.state_dict() if separate else None,
-        }
+        return capture_state(self)
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.rule.load_state_dict(state["rule"])
-        self.meta_opt.load_state_dict(state["meta_optimizer"])
-        self.epoch = state["epoch"]
-        self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
-        self.skipped, self.seconds = state["skipped"], state["seconds"]
-        self.zeroed = state.get("zeroed", 0)
-        self.carried_state = state.get("carried_rule_state")
-        if state.get("curriculum"):
-            self.stage = CurriculumState.from_dict(state["curriculum"])
-        self.imitation_epochs = state.get("imitation_epochs", 0)
-        if state.get("imitation_optimizer") is not None and self.imitation_opt is not self.meta_opt:
-            self.imitation_opt.load_state_dict(state["imitation_optimizer"])
+        restore_state(self, state)
         self._load_self_teacher()
         self.run_dir.truncate_metrics(self.epoch)
 
     def card(self) -> dict[str, Any]:
-        c = self.config
-        card = {
-            "recipe": c.recipe,
-            "budget": c.budget,
-            "task": c.task,
-            "task_options": c.task_options,
-            "epochs": self.epoch,
-            "best_epoch": self.best_epoch,
-            "horizons": c.horizons[: self.stage.stage + 1] if self.curriculum else [c.horizon],
-            "validation_score": self.best_score,
-            "validation_horizon": self.validation_horizon,
-            "training_seconds": round(self.seconds, 1),
-            "package_version": __version__,
-            "config": c.to_dict(),
-        }
-        if self.curriculum:
-            card["curriculum_stage"] = self.stage.stage
-        if c.imitation.enabled:
-            card["imitation_epochs"] = self.imitation_epochs
-        return card
+        return rule_card(self)
 
     # -- curriculum and teachers ---------------------------------------------------------------
     @property

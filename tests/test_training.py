@@ -144,3 +144,29 @@ def test_train_cli_lists_recipes_and_rejects_bad_budget(tmp_path):
         assert name in result.output
     result = runner.invoke(app, ["train", "dm", "--budget", "huge", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "unknown budget 'huge'" in result.output
+
+
+def test_config_sections_read_and_write_the_flat_record_of_saved_runs():
+    """Cards and training states store the flat record; the bundled checkpoints' configs load
+    into the typed sections and write back unchanged."""
+    from pathlib import Path
+
+    import l2o
+    from l2o.training import TrainConfig
+    from l2o.training.config import ImitationMode, MetaOptimizer, Objective
+
+    cards = sorted((Path(l2o.__file__).parent / "pretrained" / "ours").glob("*.safetensors"))
+    assert cards
+    for path in cards:
+        saved = read_card(path)["config"]
+        config = TrainConfig.from_dict(saved)
+        assert config.to_dict() == saved
+        assert config.imitation.ratios == saved["imitation_ratios"] == config.imitation_ratios
+    scale = get_recipe("scale").config("paper")
+    assert scale.meta.optimizer is MetaOptimizer.RMSPROP and scale.meta_optimizer == "rmsprop"
+    assert scale.meta_objective.kind is Objective.LOG_NORMALIZED
+    assert get_recipe("dm").config("cpu").imitation.mode is ImitationMode.ALTERNATE
+    with pytest.raises(ValueError, match=r"imitation_mode must be one of \('alternate', 'joint'\)"):
+        TrainConfig.from_flat(imitation_mode="both")
+    with pytest.raises(ValueError, match=r"unknown training settings \['horizn'\]"):
+        get_recipe("dm").config("demo", horizn=40)

@@ -181,7 +181,8 @@ def test_stage_evaluation_periods_count_epochs_from_the_stage_start(tmp_path, mo
     ["dm-cl", "dm-il", "dm-cl-il", "rnnprop-cl-il", "scale-cl-il", "scale-cl-self"],
 )
 def test_every_technique_recipe_trains_resumes_and_evaluates(tmp_path, recipe):
-    """Each recipe at a tiny size: interrupted after its first epoch, resumed, evaluated."""
+    """Each recipe at a tiny size: interrupted after its first epoch, resumed, evaluated; the
+    resumed run ends with exactly the weights of an uninterrupted one."""
     from l2o.evaluation import evaluate
     from l2o.tasks import get_task
 
@@ -214,6 +215,13 @@ def test_every_technique_recipe_trains_resumes_and_evaluates(tmp_path, recipe):
     resumed = Trainer(config, tmp_path / "run", resume=True)
     summary = resumed.run()
     assert not summary.interrupted and summary.best_path
+    full = Trainer(config, tmp_path / "full")
+    assert full.run().epochs_done == summary.epochs_done
+    for a, b in zip(
+        full.rule.state_dict().values(), resumed.rule.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert full.best_score == resumed.best_score
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["type"] == "epoch"]
     assert [r["epoch"] for r in epochs] == list(range(1, summary.epochs_done + 1))

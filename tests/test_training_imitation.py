@@ -174,7 +174,7 @@ def test_self_improving_imitates_the_previous_stage_best(tmp_path, monkeypatch):
     from l2o.checkpoint import load_rule_checkpoint
 
     stage0 = load_rule_checkpoint(tmp_path / "run" / "stage-0.safetensors")
-    for a, b in zip(stage0.parameters(), trainer.self_teacher.parameters(), strict=True):
+    for a, b in zip(stage0.parameters(), trainer.teachers.self_teacher.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
         assert not b.requires_grad
 

@@ -18,7 +18,8 @@ from l2o.rules.scale import ScaleRule
 from l2o.tasks import get_task
 from l2o.tasks.base import generators
 from l2o.training import TrainConfig, Trainer, TrainingError, get_recipe
-from l2o.training.trainer import TRAIN_STATE, make_meta_optimizer
+from l2o.training.metastep import make_meta_optimizer
+from l2o.training.persistence import TRAIN_STATE
 from l2o.training.unroll import (
     LOG_OBJECTIVE_EPS,
     ObjectiveSubsets,
@@ -124,7 +125,7 @@ def test_rmsprop_zeroes_non_finite_entries_and_clips_by_value(tmp_path):
     def surrogate():
         return sum((p * c).sum() for p, c in zip(params, coeffs, strict=True))
 
-    assert trainer._meta_step(surrogate(), 1.0, trainer.meta_opt) == "zeroed"
+    assert trainer.meta_step(surrogate(), 1.0, trainer.meta_opt) == "zeroed"
     for p, b, c in zip(params, before, coeffs, strict=True):
         g = torch.where(torch.isfinite(c), c, torch.zeros_like(c)).clamp(-0.5, 0.5)
         ms = 0.9 * 1.0 + 0.1 * g * g  # TF1's RMSProp: mean squares start at 1
@@ -134,23 +135,23 @@ def test_rmsprop_zeroes_non_finite_entries_and_clips_by_value(tmp_path):
     skip = Trainer(scale_config(nonfinite="skip"), tmp_path / "s")
     params = list(skip.rule.parameters())
     before = [p.detach().clone() for p in params]
-    assert skip._meta_step(surrogate(), 1.0, skip.meta_opt) == "skipped"
+    assert skip.meta_step(surrogate(), 1.0, skip.meta_opt) == "skipped"
     for p, b in zip(params, before, strict=True):
         torch.testing.assert_close(p.detach(), b)
     # A non-finite meta-loss (diverged optimizee) never steps.
-    assert trainer._meta_step(surrogate(), math.inf) == "skipped"
+    assert trainer.meta_step(surrogate(), math.inf, trainer.meta_opt) == "skipped"
 
 
 def test_tf_rmsprop_settings():
     rule = ScaleRule()
-    config = TrainConfig(meta_optimizer="rmsprop", meta_lr=3e-4)
+    config = TrainConfig.from_flat(meta_optimizer="rmsprop", meta_lr=3e-4)
     opt = make_meta_optimizer(config, rule.parameters())
     group = opt.param_groups[0]
     assert group["alpha"] == 0.9 and group["eps"] == 1e-20 and group["lr"] == 3e-4
     assert group["momentum"] == 0 and not group["centered"]
     assert all(torch.equal(opt.state[p]["square_avg"], torch.ones_like(p)) for p in group["params"])
     with pytest.raises(ValueError, match="meta_optimizer"):
-        TrainConfig(meta_optimizer="sgd")
+        TrainConfig.from_flat(meta_optimizer="sgd")
 
 
 def test_scale_recipe_trains_validates_and_its_checkpoint_is_usable(tmp_path, monkeypatch):
@@ -245,7 +246,7 @@ def test_runs_saved_before_the_new_settings_still_resume(tmp_path):
     config = get_recipe("dm").config(
         "demo", task="quadratic", horizon=20, num_epochs=2, evaluation_period=1, compile=False
     )
-    Trainer(config.__class__(**{**config.to_dict(), "num_epochs": 1}), tmp_path / "old").run()
+    Trainer(config.replace(num_epochs=1), tmp_path / "old").run()
     path = tmp_path / "old" / TRAIN_STATE
     state = load_training_state(path)
     saved = json.loads(state["config"])
@@ -258,7 +259,7 @@ def test_runs_saved_before_the_new_settings_still_resume(tmp_path):
         del state[key]
     save_training_state(path, state)
 
-    changed = config.__class__(**{**config.to_dict(), "nonfinite": "zero"})
+    changed = config.replace(nonfinite="zero")
     with pytest.raises(TrainingError, match=r"nonfinite: saved run predates it \(default 'skip'\)"):
         Trainer(changed, tmp_path / "old", resume=True)
     resumed = Trainer(config, tmp_path / "old", resume=True)
@@ -269,3 +270,25 @@ def test_runs_saved_before_the_new_settings_still_resume(tmp_path):
 def test_task_options_the_task_does_not_take_are_reported(tmp_path):
     with pytest.raises(TrainingError, match="does not accept"):
         Trainer(scale_config(task_options={"sampling": "epoch"}), tmp_path / "bad")
+
+
+@needs_data
+def test_objective_subsets_are_distinct_examples_of_each_instance():
+    """``stream.sample(size)``: per instance, ``size`` distinct examples of the split, from the
+    instance's own random stream (a population equals its seeds drawn one at a time)."""
+    task = get_task("mlp-orig")
+    images, labels = ObjectiveSubsets(task, [4, 5], "train", 500).next()
+    assert images.shape[:2] == (2, 500) and labels.shape == (2, 500)
+    for i in range(2):
+        flat = images[i].reshape(500, -1)
+        assert torch.unique(flat, dim=0).shape[0] == 500  # no example drawn twice
+    alone, alone_labels = ObjectiveSubsets(task, [5], "train", 500).next()
+    torch.testing.assert_close(alone[0], images[1], rtol=0, atol=0)
+    assert torch.equal(alone_labels[0], labels[1])
+    stream = task.stream([5], "train")
+    same, _ = stream.sample(500, generators([5], "objective"))
+    torch.testing.assert_close(same, alone, rtol=0, atol=0)
+    # The quadratic has no example pool: its sample is its (fixed, exact) batch.
+    quadratic = get_task("quadratic")
+    w, _ = quadratic.stream([0]).sample(10)
+    torch.testing.assert_close(w, quadratic.stream([0]).next()[0])

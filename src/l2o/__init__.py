@@ -6,8 +6,7 @@ The public API, in the order a user meets it: tasks (``get_task``, ``ModuleTask`
 meta-training (``get_recipe``, ``TrainConfig``, ``Trainer``) and ``LearnedOptimizer``.
 """
 
-__version__ = "0.1.0"
-
+from l2o._version import __version__
 from l2o.bundled import bundled_names
 from l2o.evaluation import EvalResult, evaluate
 from l2o.layout import Layout, TensorSpec

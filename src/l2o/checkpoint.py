@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from l2o.report import atomic_write_bytes, atomic_write_json
+from l2o.io import atomic_write_bytes, atomic_write_json
 
 CARD_KEY = "l2o_card"
 FORMAT = "l2o-rule-v1"

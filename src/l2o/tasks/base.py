@@ -55,6 +55,16 @@ class BatchStream(ABC):
     @abstractmethod
     def next(self) -> Any: ...
 
+    def sample(self, size: int, generators: Sequence[torch.Generator] | None = None) -> Any:
+        """A batch of ``size`` *distinct* examples per instance, drawn uniformly without
+        replacement (the whole pool if it is smaller), e.g. L2O-Scale's meta-objective subset
+        (METHOD.md 3.2). ``generators`` (one per instance) give the draws their own random
+        stream; by default the stream's own.
+
+        A stream without an example pool (the quadratic's fixed problem, a user module's
+        tensors) returns its next batch: for the quadratic that is the exact objective."""
+        return self.next()
+
 
 class Task(ABC):
     """An optimizee problem. Subclasses define ``layout``, ``inits``, ``stream`` and ``loss``.

@@ -97,6 +97,17 @@ class MinibatchStream(BatchStream):
         images = self.images[idx].float().div_(255.0)
         return images, self.labels[idx]
 
+    def sample(
+        self, size: int, generators: Sequence[torch.Generator] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``size`` distinct examples per instance (the whole split if it is smaller), in the
+        layout of :meth:`next`; each instance draws from its own generator."""
+        k = min(int(size), self.size)
+        gens = self.gens if generators is None else generators
+        idx = torch.stack([torch.randperm(self.size, generator=g)[:k] for g in gens])
+        idx = idx.to(self.images.device)
+        return self.images[idx].float().div_(255.0), self.labels[idx]
+
 
 class ImageClassificationTask(Task):
     """A task whose loss is the mean softmax cross-entropy of ``logits`` on minibatches of

@@ -33,7 +33,7 @@ from l2o.evaluation import init_rule_state
 from l2o.registry import load_rule
 from l2o.rules.analytic import ANALYTIC_RULES
 from l2o.tasks.base import Task
-from l2o.training.unroll import Trajectory, loss_and_grad, unroll
+from l2o.training.unroll import Stepper, Trajectory, loss_and_grad, step_function, unroll
 
 #: The teacher learning rate of the paper (Adam, RMSProp and NAG all at 0.01; METHOD.md 5.1).
 TEACHER_LR = 0.01
@@ -68,6 +68,30 @@ def make_teacher(spec: str):
     if name == SELF_TEACHER:
         raise ValueError("the 'self' teacher is a frozen copy of a trained rule; use freeze()")
     return load_rule(name, lr=lr)
+
+
+class Teachers:
+    """The teachers of a run, taken round-robin: analytic rules built from their specs, and the
+    ``self`` teacher (the previous curriculum stage's best rule, frozen), which the trainer sets
+    as ``self_teacher`` when a stage starts (``None`` in stage 0: no teacher yet)."""
+
+    def __init__(self, specs: Sequence[str]) -> None:
+        self.specs = list(specs)
+        self.self_teacher: torch.nn.Module | None = None
+
+    @property
+    def needs_self(self) -> bool:
+        return SELF_TEACHER in self.specs
+
+    @property
+    def ready(self) -> bool:
+        """Whether every teacher exists (the ``self`` teacher only from stage 1 on)."""
+        return not self.needs_self or self.self_teacher is not None
+
+    def get(self, count: int) -> tuple[Any, str]:
+        """The ``count``-th teacher (round-robin) and its spec."""
+        spec = self.specs[count % len(self.specs)]
+        return (self.self_teacher if spec == SELF_TEACHER else make_teacher(spec)), spec
 
 
 def freeze(rule: torch.nn.Module) -> torch.nn.Module:
@@ -145,7 +169,7 @@ def imitation_loss(delta: Tensor, target: Tensor) -> Tensor:
 
 
 def imitation_unroll(
-    rule, steps: TeacherSteps, state: Any, time_weight: float = 1.0
+    rule: Stepper, steps: TeacherSteps, state: Any, time_weight: float = 1.0
 ) -> tuple[Tensor, Tensor, Any]:
     """Feed the rule the teacher's gradients and score its outputs against the teacher's steps.
 
@@ -154,9 +178,10 @@ def imitation_unroll(
         of ``time_weight * sum_t imitation_loss``), ``per_instance`` its detached ``[n]`` values,
         and the rule's new state (still carrying the graph).
     """
+    step = step_function(rule)
     total = steps.grads.new_zeros(steps.grads.shape[1])
     for grad, target in zip(steps.grads, steps.targets, strict=True):
-        delta, state = rule.step(grad, state)
+        delta, state = step(grad, state)
         total = total + imitation_loss(delta, target)
     total = total * time_weight
     return total.mean(), total.detach(), state
@@ -166,12 +191,13 @@ class _Shadowed:
     """A rule whose every step is shadowed by a teacher fed the same gradient; it accumulates
     the imitation loss of the rule's steps against the teacher's (``il``, ``[n]``)."""
 
-    def __init__(self, rule, teacher, teacher_state: Any) -> None:
-        self.rule, self.teacher, self.teacher_state = rule, teacher, teacher_state
+    def __init__(self, rule: Stepper, teacher, teacher_state: Any) -> None:
+        self.rule_step = step_function(rule)
+        self.teacher, self.teacher_state = teacher, teacher_state
         self.il: Tensor | None = None
 
     def step(self, grad: Tensor, state: Any) -> tuple[Tensor, Any]:
-        delta, state = self.rule.step(grad, state)
+        delta, state = self.rule_step(grad, state)
         with torch.no_grad():
             target, self.teacher_state = self.teacher.step(grad, self.teacher_state)
         term = imitation_loss(delta, target)
@@ -180,7 +206,7 @@ class _Shadowed:
 
 
 def joint_unroll(
-    rule,
+    rule: Stepper,
     teacher,
     teacher_state: Any,
     task: Task,

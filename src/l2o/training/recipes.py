@@ -93,7 +93,7 @@ class Recipe:
             "evaluation_period": period,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return TrainConfig(**values)
+        return TrainConfig.from_flat(**values)
 
 
 RECIPES: dict[str, Recipe] = {

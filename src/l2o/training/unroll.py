@@ -33,7 +33,7 @@ update (``x_{T-1} -> x_T``) gets no meta-gradient.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +43,6 @@ from torch.utils._pytree import tree_map
 
 from l2o.evaluation import init_rule_state
 from l2o.tasks.base import BatchStream, Task, generators
-from l2o.tasks.datasets import MinibatchStream
 
 #: ``eps`` of the log-normalized objective (the original's ``obj_scale_eps``).
 LOG_OBJECTIVE_EPS = 1e-6
@@ -70,6 +69,16 @@ def loss_and_grad(task: Task, x: Tensor, batch, scale: Tensor | None) -> tuple[T
     return loss.detach(), grad
 
 
+#: What an unroll steps with: a rule, or a step function ``(grad, state) -> (delta, state)`` such
+#: as a compiled rule step (:class:`l2o.compiling.CompiledStep`).
+Stepper = Any
+
+
+def step_function(rule: Stepper) -> Callable[[Tensor, Any], tuple[Tensor, Any]]:
+    """The step function of ``rule`` (itself, if it is one already)."""
+    return rule.step if hasattr(rule, "step") else rule
+
+
 def start_trajectory(
     rule,
     task: Task,
@@ -89,9 +98,9 @@ def start_trajectory(
 
 
 def unroll(
-    rule, task: Task, traj: Trajectory, stream: BatchStream, length: int
+    rule: Stepper, task: Task, traj: Trajectory, stream: BatchStream, length: int
 ) -> tuple[Tensor, Tensor, Trajectory]:
-    """Run ``length`` steps from ``traj``.
+    """Run ``length`` steps from ``traj`` with ``rule`` (a rule or a compiled step function).
 
     Returns:
         ``(surrogate, losses, new_traj)``: ``surrogate`` is a scalar whose gradient with respect
@@ -100,12 +109,13 @@ def unroll(
         validation; ``new_traj`` still carries the graph (call :func:`detach` after the
         meta-step).
     """
+    step = step_function(rule)
     x, state = traj.x, traj.rule_state
     grad = traj.grad
     losses = [traj.loss]
     surrogate = x.new_zeros(())
     for _ in range(length):
-        delta, state = rule.step(grad, state)
+        delta, state = step(grad, state)
         x = x + delta
         loss, grad = loss_and_grad(task, x, stream.next(), traj.scale)
         surrogate = surrogate + (grad * x).sum()
@@ -126,13 +136,11 @@ def detach(traj: Trajectory) -> Trajectory:
     return Trajectory(traj.x.detach(), state, traj.loss, traj.grad, traj.scale, traj.steps_done)
 
 
-class ObjectiveSubsets(BatchStream):
+class ObjectiveSubsets:
     """The meta-objective's data: ``next()`` draws, per instance, ``size`` distinct examples of
-    ``split`` (uniformly, without replacement; the whole split if it is smaller), from the
-    instance's own ``"objective"`` random stream.
-
-    Tasks without an example pool (the quadratic's fixed problem, user modules) use the task's
-    own batches: for the quadratic that is the exact objective.
+    ``split`` (the stream's :meth:`~l2o.tasks.base.BatchStream.sample`), from the instance's own
+    ``"objective"`` random stream. Tasks without an example pool (the quadratic's fixed problem,
+    user modules) use the task's own batches: for the quadratic that is the exact objective.
     """
 
     def __init__(
@@ -143,13 +151,7 @@ class ObjectiveSubsets(BatchStream):
         self.gens = generators(seeds, "objective")
 
     def next(self):
-        base = self.base
-        if not isinstance(base, MinibatchStream):
-            return base.next()
-        k = min(self.size, base.size)
-        idx = torch.stack([torch.randperm(base.size, generator=g)[:k] for g in self.gens])
-        idx = idx.to(base.images.device)
-        return base.images[idx].float().div_(255.0), base.labels[idx]
+        return self.base.sample(self.size, self.gens)
 
 
 @dataclass
@@ -174,7 +176,7 @@ class LogUnroll:
 
 
 def unroll_log_objective(
-    rule,
+    rule: Stepper,
     task: Task,
     traj: Trajectory,
     stream: BatchStream,
@@ -186,7 +188,7 @@ def unroll_log_objective(
     """Run ``length`` steps from ``traj`` with L2O-Scale's log-normalized meta-objective.
 
     Args:
-        rule: the rule (or the trainer standing in for it).
+        rule: the rule, or its (compiled) step function.
         task, traj, stream: as for :func:`unroll`; the rule is fed ``stream``'s minibatch
             gradients.
         subset: the meta-objective's batch ``D`` for this unroll (e.g.
@@ -196,6 +198,7 @@ def unroll_log_objective(
             where it is ``f_D(x_0)``.
         eps: the objective's epsilon (1e-6).
     """
+    step = step_function(rule)
     x, state, grad = traj.x, traj.rule_state, traj.grad
     with torch.no_grad():
         f0 = task.loss(x.detach() * traj.scale if traj.scale is not None else x.detach(), subset)
@@ -211,7 +214,7 @@ def unroll_log_objective(
             weight = 1.0 / (terms * (f / denom + eps) * denom)
             surrogate = surrogate + (weight.unsqueeze(1) * g_obj * x).sum()
             values.append(f)
-        delta, state = rule.step(grad, state)
+        delta, state = step(grad, state)
         x = x + delta
         loss, grad = loss_and_grad(task, x, stream.next(), traj.scale)
     objectives = torch.stack(values)

@@ -1,0 +1,86 @@
+"""Validation: the score that gates the best checkpoint and the curriculum (METHOD.md 3.1, 4.2).
+
+Every validation runs ``validation.epochs`` fresh trajectories as one batched population, on the
+training split, with no scaling and no meta-updates, never touching the training state. Its
+seeds are the same at every validation (common random numbers), so scores are comparable; they are
+far from every training seed. :func:`validation_due` is the cadence (with a curriculum, counted
+from the start of the current stage); what a score means next (save, advance, stop) is the
+:class:`~l2o.training.curriculum.Curriculum`'s decision.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from l2o.evaluation import evaluate
+from l2o.tasks.base import Task
+from l2o.training.config import TrainConfig, ValidationScore
+from l2o.training.curriculum import CurriculumState
+from l2o.training.unroll import ObjectiveSubsets, start_trajectory, unroll
+
+#: Validation seeds are ``VALIDATION_SEED_BASE + i`` (training seeds stay below 2**39).
+VALIDATION_SEED_BASE = 2**40
+
+
+def validation_seeds(count: int) -> list[int]:
+    """The seeds of a validation population (the same at every validation)."""
+    return [VALIDATION_SEED_BASE + i for i in range(count)]
+
+
+def validation_score(losses_with_initial, unroll_length: int, kind: ValidationScore | str) -> float:
+    """Score of a validation population (lower is better).
+
+    ``last-unroll`` sums, over runs, the ``unroll_length + 1`` losses of the final window (the
+    original's score); ``trajectory`` sums, over runs, the mean loss of the whole trajectory.
+    Non-finite losses make the score ``inf`` (never "improved").
+    """
+    t = torch.as_tensor(losses_with_initial)
+    if ValidationScore(kind) is ValidationScore.LAST_UNROLL:
+        score = t[:, -(unroll_length + 1) :].sum().item()
+    else:
+        score = t.mean(1).sum().item()
+    return score if math.isfinite(score) else math.inf
+
+
+@torch.no_grad()
+def validate(rule, task: Task, config: TrainConfig, horizon: int, device) -> float:
+    """Score of ``rule`` on the validation populations over ``horizon`` steps."""
+    seeds = validation_seeds(config.validation.epochs)
+    if config.validation.score is ValidationScore.FINAL_OBJECTIVE:
+        return final_objective(rule, task, horizon, seeds, config.meta_objective.subset, device)
+    result = evaluate(rule, task, horizon, seeds, split=task.train_split, device=device)
+    full = torch.cat(
+        [torch.as_tensor(result.initial_losses)[:, None], torch.as_tensor(result.losses)], 1
+    )
+    return validation_score(full, config.unroll_length, config.validation.score)
+
+
+@torch.no_grad()
+def final_objective(
+    rule, task: Task, horizon: int, seeds: list[int], subset_size: int, device
+) -> float:
+    """L2O-Scale's validation score (METHOD.md 3.2, without its leaks, 8.2 item 4): fresh
+    optimizees and a fresh rule state per seed, ``horizon - 1`` updates on training minibatches,
+    then the meta-objective ``f_D`` (the last entry of the last unroll's list) on a subset drawn
+    from the validation seeds' own stream; the mean over seeds."""
+    x0 = task.init(seeds, device=device)
+    stream = task.stream(seeds, task.train_split, device=device)
+    traj = start_trajectory(rule, task, x0, stream, None, seeds)
+    if horizon > 1:
+        _, _, traj = unroll(rule, task, traj, stream, horizon - 1)
+    subset = ObjectiveSubsets(task, seeds, task.train_split, subset_size, device)
+    score = task.loss(traj.x, subset.next()).mean().item()
+    return score if math.isfinite(score) else math.inf
+
+
+def validation_due(config: TrainConfig, epoch: int, stage: CurriculumState | None) -> bool:
+    """Whether to validate after ``epoch`` epochs: at the end of training, and every
+    ``validation.period`` epochs (with a curriculum, ``stage_evaluation_period`` epochs of the
+    current ``stage``)."""
+    if epoch == config.num_epochs:
+        return True
+    if stage is None:
+        return epoch % config.validation.period == 0
+    return (epoch - stage.start_epoch) % config.stage_evaluation_period(stage.stage) == 0

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from l2o.cli import app
@@ -19,6 +20,7 @@ def test_tasks_lists_all_tasks():
         assert name in result.output
 
 
+@pytest.mark.usefixtures("sample_data")
 def test_evaluate_and_compare_write_their_files(tmp_path):
     runs = []
     for rule, lr in (("adam", "0.01"), ("sgd", "0.5")):

@@ -8,6 +8,7 @@ from l2o import adam, evaluate, get_task, sgd
 from l2o.evaluation import summarize_losses
 
 
+@pytest.mark.usefixtures("sample_data")
 def test_population_equals_sequential_single_seeds():
     task = get_task("mlp-relu")
     together = evaluate(adam(lr=0.01), task, 40, [0, 1, 2])
@@ -16,6 +17,7 @@ def test_population_equals_sequential_single_seeds():
         np.testing.assert_allclose(alone.losses[0], together.losses[i], rtol=2e-4)
 
 
+@pytest.mark.usefixtures("sample_data")
 def test_adam_learns_and_summary_has_the_protocol_fields():
     result = evaluate(adam(lr=0.01), get_task("mlp-orig"), 300, [0, 1])
     s = result.summary()
@@ -81,6 +83,7 @@ def test_float64_runs():
 
 
 @pytest.mark.parametrize("rule_name", ["dm", "rnnprop", "scale"])
+@pytest.mark.usefixtures("sample_data")
 def test_chunked_rule_steps_equal_one_piece(monkeypatch, rule_name):
     """Stepping a learned rule over chunks of instances changes nothing but speed."""
     import l2o.evaluation as ev

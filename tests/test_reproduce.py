@@ -41,6 +41,7 @@ def test_paper_weights_need_no_training_and_bad_requests_are_named(tmp_path):
         make_plan(["fig5"], "huge", tmp_path)
 
 
+@pytest.mark.requires_full_data("mnist")  # its jobs run in worker processes: no sample
 def test_reproduce_runs_end_to_end_writes_report_and_resumes(tmp_path):
     out = tmp_path / "rep"
     args = [

@@ -512,6 +512,7 @@ def _ln_windows(name: str, steps=(100, 500, 1000, 2000)) -> dict[int, float]:
 
 @pytest.mark.slow
 @needs_paper
+@pytest.mark.requires_full_data("mnist")
 def test_parity_dm_cl_il_with_the_paper(one_thread):
     got = _ln_windows("paper:dm-cl-il")
     expected = {100: -0.37, 500: -2.22, 1000: -3.03, 2000: -4.12}
@@ -522,6 +523,7 @@ def test_parity_dm_cl_il_with_the_paper(one_thread):
 
 @pytest.mark.slow
 @needs_paper
+@pytest.mark.requires_full_data("mnist")
 def test_parity_plain_dm_dips_then_climbs_back(one_thread):
     got = _ln_windows("paper:dm")
     expected = {100: -0.93, 500: -2.08, 1000: -1.71, 2000: -0.97}
@@ -533,6 +535,7 @@ def test_parity_plain_dm_dips_then_climbs_back(one_thread):
 
 @pytest.mark.slow
 @needs_paper
+@pytest.mark.requires_full_data("mnist")
 def test_parity_rnnprop_cl_il_decreases_well_below_zero(one_thread):
     got = _ln_windows("paper:rnnprop-cl-il")
     assert got[2000] < got[1000] < got[500] < got[100]

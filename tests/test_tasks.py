@@ -44,6 +44,7 @@ def test_init_is_per_seed_and_follows_initialisers():
 @pytest.mark.parametrize(
     "name", ["mlp-orig", "mlp-deeper", "conv-mnist", "conv-cifar", "quadratic"]
 )
+@pytest.mark.usefixtures("sample_data")
 def test_population_equals_single_instances(name):
     """Losses and gradients of a population equal those of each seed run alone."""
     task = get_task(name)
@@ -71,6 +72,7 @@ def test_population_equals_single_instances(name):
         torch.testing.assert_close(gi[0][~zero], grad[i][~zero], rtol=1e-4, atol=1e-5 * scale)
 
 
+@pytest.mark.usefixtures("sample_data")
 def test_untrained_nets_start_near_ln10():
     for name in ("mlp-orig", "mlp-relu", "mlp-deeper", "conv-mnist", "conv-cifar"):
         task = get_task(name)
@@ -80,6 +82,7 @@ def test_untrained_nets_start_near_ln10():
         assert torch.allclose(loss, torch.full((2,), 2.3026), atol=tol), (name, loss)
 
 
+@pytest.mark.requires_full_data("mnist")
 def test_minibatches_are_drawn_with_replacement_from_the_split():
     task = get_task("mlp-orig")
     stream = task.stream([0], "validation")
@@ -89,6 +92,7 @@ def test_minibatches_are_drawn_with_replacement_from_the_split():
     assert task.stream([0], "train").size == 55_000 and task.stream([0], "test").size == 10_000
 
 
+@pytest.mark.requires_full_data("mnist")
 def test_epoch_sampling_visits_every_example_once():
     task = get_task("mlp-orig", sampling="epoch")
     stream = task.stream([1], "validation")
@@ -96,6 +100,7 @@ def test_epoch_sampling_visits_every_example_once():
     assert idx.sort().values.tolist() == list(range(5_000))
 
 
+@pytest.mark.usefixtures("sample_data")
 def test_relu_logits_quirk_is_an_option():
     on, off = get_task("conv-cifar"), get_task("conv-cifar", relu_logits=False)
     x = on.init([0]) * 30

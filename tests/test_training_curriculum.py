@@ -180,6 +180,7 @@ def test_stage_evaluation_periods_count_epochs_from_the_stage_start(tmp_path, mo
     "recipe",
     ["dm-cl", "dm-il", "dm-cl-il", "rnnprop-cl-il", "scale-cl-il", "scale-cl-self"],
 )
+@pytest.mark.usefixtures("sample_data")
 def test_every_technique_recipe_trains_resumes_and_evaluates(tmp_path, recipe):
     """Each recipe at a tiny size: interrupted after its first epoch, resumed, evaluated; the
     resumed run ends with exactly the weights of an uninterrupted one."""

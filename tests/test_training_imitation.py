@@ -20,6 +20,7 @@ from l2o.training.imitation import (
 from l2o.training.unroll import start_trajectory, unroll
 
 
+@pytest.mark.usefixtures("sample_data")
 def test_teacher_labels_are_the_displacements_of_its_own_trajectory():
     task = get_task("mlp-orig")
     seeds = [3, 4]

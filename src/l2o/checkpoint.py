@@ -90,7 +90,16 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             f"{path} is a safetensors file but not an l2o checkpoint (no '{CARD_KEY}' card in "
             "its metadata); only files written by l2o (best.safetensors) can be loaded"
         )
-    return tensors, json.loads(metadata[CARD_KEY])
+    try:
+        card = json.loads(metadata[CARD_KEY])
+    except (TypeError, json.JSONDecodeError) as err:
+        card = err
+    if not isinstance(card, dict) or not isinstance(card.get("model"), str):
+        raise CheckpointError(
+            f"{path}: its '{CARD_KEY}' card is not a JSON object naming the model "
+            f"({str(card)[:80]}); re-create it (re-run training or copy it again)"
+        )
+    return tensors, card
 
 
 def read_card(path: Path) -> dict[str, Any]:
@@ -101,12 +110,22 @@ def read_card(path: Path) -> dict[str, Any]:
 def load_rule_checkpoint(path: Path, device: str | torch.device = "cpu"):
     """Rebuild the learned rule saved at ``path`` (weights loaded exactly)."""
     tensors, card = _read(path)
-    rule = build_rule(card.get("model", "?"), card.get("hyperparameters"))
+    try:
+        rule = build_rule(card["model"], card.get("hyperparameters"))
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}; re-create it (re-run training)") from err
+    except (TypeError, ValueError, AttributeError, KeyError) as err:
+        raise CheckpointError(
+            f"{path}: its card's hyperparameters do not build a {card['model']!r} rule "
+            f"({type(err).__name__}: {err}); re-create it (re-run training or copy it again)"
+        ) from err
     try:
         rule.load_state_dict(tensors)
     except RuntimeError as err:
+        detail = " ".join(str(err).split())[:300]
         raise CheckpointError(
-            f"{path}: weights do not match model {card.get('model')!r}: {err}"
+            f"{path}: weights do not match model {card.get('model')!r} ({detail}); "
+            "re-create it (re-run training or copy it again)"
         ) from err
     rule.card = card
     return rule.to(device)

@@ -86,7 +86,10 @@ CIFAR10_ARCHIVES = {
 CIFAR10_ZIP = "cifar10-jpeg.zip"
 TIMEOUT_S = 30.0
 
-_REFETCH = "delete it and re-run with download=True to fetch it again, or replace it by hand"
+_REFETCH = (
+    "delete it and re-run (a missing file is downloaded again), or replace it by hand with a good "
+    "copy; L2O_DATA_DIR chooses the data folder"
+)
 _DISCARDED = "the download was discarded"
 #: what reading a network stream, archive or image can raise besides DataError
 _IO_ERRORS = (
@@ -274,7 +277,7 @@ def _load_mnist(root: Path, download: bool) -> Dataset:
         raise DataError(
             f"MNIST file(s) missing in {folder}: {', '.join(missing)}. Place the four official "
             "IDX files (.gz or uncompressed) there, set L2O_DATA_DIR to a folder that contains "
-            "mnist/, or pass download=True."
+            "mnist/, or call with download=True (the default, as every l2o command does)."
         )
     if missing:
         _fetch_mnist(folder, missing)
@@ -430,7 +433,10 @@ def _load_cifar10(root: Path, download: bool) -> Dataset:
         )
         fix = "Place one of them there, or set L2O_DATA_DIR to a folder that contains cifar10/"
         if not download:
-            raise DataError(f"CIFAR-10 not found: {looked}. {fix}, or pass download=True.")
+            raise DataError(
+                f"CIFAR-10 not found: {looked}. {fix}, or call with download=True (the default, "
+                "as every l2o command does)."
+            )
         dest, url = folder / "cifar-10-binary.tar.gz", f"{CIFAR10_URL}cifar-10-binary.tar.gz"
         try:
             _download(

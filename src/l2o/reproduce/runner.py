@@ -334,7 +334,7 @@ def epochs_done(job: Job) -> int:
         if '"type": "epoch"' in line:
             try:
                 last = int(json.loads(line)["epoch"])
-            except (ValueError, KeyError):  # a line cut by a kill: the earlier ones still count
+            except (ValueError, KeyError, TypeError):  # a line cut by a kill, or garbage
                 continue
     return last
 

@@ -129,8 +129,12 @@ def load_paper_rule(name: str) -> DMRule | RNNpropRule:
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read paper checkpoint {path} as an .npz file: {err}") from err
+    except Exception as err:  # OSError, ValueError, EOFError, BadZipFile, zlib.error, ...
+        raise ValueError(
+            f"cannot read paper checkpoint {path} as an .npz file ({type(err).__name__}: {err}). "
+            f"Fix: replace it with the original {file_name} (it may be truncated or corrupt) or "
+            f"point {CHECKPOINTS_ENV} at a folder that has it."
+        ) from err
     try:
         rule.load_npz_state(arrays)
     except ValueError as err:

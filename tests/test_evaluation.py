@@ -78,8 +78,25 @@ def test_bad_arguments():
 
 
 def test_float64_runs():
-    result = evaluate(adam(), get_task("quadratic"), 20, [0], dtype=torch.float64)
+    """dtype=float64 runs the whole trajectory in float64: it matches torch.optim.Adam driven by
+    hand in float64 to 1e-12, which a float32 run (or a float64 request run in float32) does
+    not."""
+    task = get_task("quadratic")
+    result = evaluate(adam(), task, 20, [0], dtype=torch.float64)
     assert result.losses.shape == (1, 20)
+    x = task.init([0], dtype=torch.float64).requires_grad_(True)
+    stream = task.stream([0], task.eval_split)
+    reference = torch.optim.Adam([x], lr=0.01)
+    batch, expected = stream.next(), []
+    for _ in range(20):
+        reference.zero_grad()
+        task.loss(x, batch).sum().backward()  # the gradient on the batch x_t was scored on
+        reference.step()
+        batch = stream.next()
+        expected.append(task.loss(x, batch).item())
+    np.testing.assert_allclose(result.losses[0], expected, rtol=1e-12)
+    single = evaluate(adam(), task, 20, [0], dtype=torch.float32)
+    assert np.max(np.abs(single.losses[0] / np.asarray(expected) - 1)) > 1e-9
 
 
 @pytest.mark.parametrize("rule_name", ["dm", "rnnprop", "scale"])

@@ -3,7 +3,6 @@ parity with the authors' trained weights on MLP-orig (METHOD.md 1.1, 1.2, 6.1, 7
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -272,45 +271,18 @@ def test_rule_matches_numpy_reference_over_steps(kind):
 
 
 @pytest.mark.parametrize("kind", ["dm", "rnnprop"])
-def test_population_equals_single_instance_runs(kind):
-    torch.manual_seed(6)
+def test_state_fields_shapes_and_bounded_step(kind):
+    """The family's own state fields (dtype, device and structure: tests/test_rule_contract.py)."""
     rule = RULES[kind]()
-    n, p, steps = 3, 25, 5
-    grads = random_grads(steps, n, p, seed=7)
-    with torch.no_grad():
-        together, state = torch_run(rule, grads, dtype=torch.float32)
-        for k in range(n):
-            alone, _ = torch_run(rule, [g[k : k + 1] for g in grads], dtype=torch.float32)
-            for t in range(steps):
-                torch.testing.assert_close(together[t][k : k + 1], alone[t], rtol=1e-6, atol=1e-9)
-    if kind == "rnnprop":
-        assert state.step.tolist() == [steps] * n
-
-
-@pytest.mark.parametrize("kind", ["dm", "rnnprop"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_state_keeps_structure_shapes_and_dtype(kind, dtype):
-    rule = RULES[kind]()  # float32 weights: a float64 population still gets float64 state
     n, p = 2, 11
-    x = torch.zeros(n, p, dtype=dtype)
-    state = rule.init(x, None)
-    cls = DMState if kind == "dm" else RNNpropState
-    assert type(state) is cls
-
-    def signature(s):
-        return [(t.shape, t.dtype, t.device) for t in s]
-
-    first = signature(state)
-    for _ in range(3):
-        with torch.no_grad():
-            delta, state = rule.step(torch.randn(n, p, dtype=dtype), state)
-        assert type(state) is cls
-        assert signature(state) == first
-        assert delta.shape == (n, p) and delta.dtype == dtype
-        assert torch.isfinite(delta).all()
-    assert state.h1.shape == (n, 20, p) and state.h1.dtype == dtype
+    state = rule.init(torch.zeros(n, p, dtype=torch.float64), None)
+    assert type(state) is (DMState if kind == "dm" else RNNpropState)
+    with torch.no_grad():
+        for _ in range(3):
+            delta, state = rule.step(torch.randn(n, p, dtype=torch.float64), state)
+    assert state.h1.shape == (n, 20, p) and state.h1.dtype == torch.float64
     if kind == "rnnprop":
-        assert state.m.shape == (n, p) and state.m.dtype == dtype
+        assert state.m.shape == (n, p) and state.m.dtype == torch.float64
         assert state.step.dtype == torch.int64 and state.step.tolist() == [3, 3]
         assert delta.abs().max() <= rule.output_scale  # bounded step
 
@@ -330,27 +302,8 @@ def test_other_hidden_sizes(kind):
 
 
 @pytest.mark.parametrize("kind", ["dm", "rnnprop"])
-def test_gradient_reaches_every_weight_through_three_steps(kind):
-    torch.manual_seed(8)
-    rule = RULES[kind]()
-    target = torch.randn(2, 30)
-    x = torch.randn(2, 30)
-    state = rule.init(x, None)
-    meta_loss = 0.0
-    for _ in range(3):
-        grad = (2 * (x - target)).detach()  # the caller detaches the gradient
-        delta, state = rule.step(grad, state)
-        x = x + delta
-        meta_loss = meta_loss + ((x - target) ** 2).sum()
-    meta_loss.backward()
-    for name, param in rule.named_parameters():
-        assert param.grad is not None, name
-        assert torch.isfinite(param.grad).all(), name
-        assert param.grad.abs().sum() > 0, name
-
-
-@pytest.mark.parametrize("kind", ["dm", "rnnprop"])
 def test_no_grad_step_equals_grad_step(kind):
+    """Bitwise equal for these two (the contract asks only for agreement up to rounding)."""
     rule = RULES[kind]()
     grads = random_grads(3, 2, 17, seed=9)
     with_grad, _ = torch_run(rule, grads, dtype=torch.float32)
@@ -363,35 +316,18 @@ def test_no_grad_step_equals_grad_step(kind):
 
 
 @pytest.mark.parametrize("kind", ["dm", "rnnprop"])
-def test_hyperparameters_rebuild(kind):
+def test_family_hyperparameters(kind):
+    """The family's own settings (the round trips: tests/test_rule_contract.py)."""
     cls = RULES[kind]
-    rule = cls(output_scale=0.1)
-    hp = rule.hyperparameters()
-    assert json.loads(json.dumps(hp)) == hp
+    hp = cls(output_scale=0.1).hyperparameters()
     assert hp["model"] == kind and hp["output_scale"] == 0.1 and hp["hidden_sizes"] == [20, 20]
-    rebuilt = cls.from_hyperparameters(hp)
-    assert rebuilt.hyperparameters() == hp
-    assert rebuilt.num_weights == rule.num_weights
+    assert cls.from_hyperparameters(hp).output_scale == 0.1
     if kind == "dm":
         assert hp["k"] == 5.0 and hp["preprocessing"] == "log_and_sign"
+        with pytest.raises(ValueError, match="log_and_sign"):
+            cls.from_hyperparameters({**hp, "preprocessing": "none"})
     else:
         assert (hp["beta1"], hp["beta2"], hp["eps"]) == (0.95, 0.95, 1e-8)
-    other = "rnnprop" if kind == "dm" else "dm"
-    with pytest.raises(ValueError, match="model"):
-        cls.from_hyperparameters({**hp, "model": other})
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.parametrize("kind", ["dm", "rnnprop"])
-def test_cuda_matches_cpu(kind):
-    torch.manual_seed(10)
-    rule = RULES[kind]()
-    grads = random_grads(4, 2, 300, seed=11)
-    cpu, _ = torch_run(rule, grads, dtype=torch.float32)
-    gpu, state = torch_run(rule.to("cuda"), [g.cuda() for g in grads], dtype=torch.float32)
-    assert all(t.device.type == "cuda" for t in state)
-    for a, b in zip(cpu, gpu, strict=True):
-        torch.testing.assert_close(a.detach(), b.detach().cpu(), rtol=1e-4, atol=1e-7)
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ state structure, the straight-through clip, gradient flow and a short run on mlp
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 
 import l2o
 import l2o.rules.scale as scale_module
-from l2o.checkpoint import build_rule, load_rule_checkpoint, save_rule
+from l2o.checkpoint import load_rule_checkpoint, save_rule
 from l2o.layout import Layout
 from l2o.rules.scale import ScaleRule, ScaleState, straight_through_clip
 from l2o.tasks import get_task
@@ -103,19 +102,15 @@ def test_initial_log_lr_range_and_offsets():
     assert not torch.allclose(lr[0], lr[1])  # each instance its own draw
 
 
-def test_hyperparameters_roundtrip_and_checkpoint(tmp_path):
+def test_non_default_settings_survive_a_checkpoint(tmp_path):
+    """(The generic round trips for default settings: tests/test_rule_contract.py.)"""
     rule = ScaleRule(global_input="last", max_log_lr=20.0)
     hp = rule.hyperparameters()
-    json.dumps(hp)
     assert hp["num_weights"] == 8349
-    again = ScaleRule.from_hyperparameters(hp)
-    assert again.hyperparameters() == hp
-    assert type(build_rule("scale", hp)) is ScaleRule
     save_rule(tmp_path / "best.safetensors", rule, {"note": "test"})
     loaded = load_rule_checkpoint(tmp_path / "best.safetensors")
+    assert (loaded.global_input, loaded.max_log_lr) == ("last", 20.0)
     assert loaded.hyperparameters() == hp
-    for (k, p), (k2, q) in zip(rule.named_parameters(), loaded.named_parameters(), strict=True):
-        assert k == k2 and torch.equal(p, q)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,29 +291,14 @@ def test_first_step_ignores_scale_decay_when_ms_is_zero():
 # Populations, structure, clip
 
 
-def test_population_equals_single_instances():
-    rule = perturbed_rule()
-    n, steps = 3, 5
+def test_one_generator_equals_a_one_element_list():
+    """(A population equals its seeds run one at a time: tests/test_rule_contract.py.)"""
+    rule = ScaleRule()
     layout = Layout.from_shapes({"w": (3, 4), "b": (4,), "v": (2,)})
-    x = torch.zeros(n, layout.num_params, dtype=torch.float64)
-    seeds = (10, 11, 12)
-    state = rule.init(x, layout, generator=[torch.Generator().manual_seed(s) for s in seeds])
-    torch.manual_seed(0)
-    grads = torch.randn(steps, n, layout.num_params, dtype=torch.float64)
-    pop = []
-    for t in range(steps):
-        delta, state = rule.step(grads[t], state)
-        pop.append(delta)
-    for i, s in enumerate(seeds):
-        single = rule.init(x[i : i + 1], layout, generator=[torch.Generator().manual_seed(s)])
-        # A single generator gives the same draw as a one-element list.
-        other = rule.init(x[i : i + 1], layout, generator=torch.Generator().manual_seed(s))
-        torch.testing.assert_close(single.log_lr, other.log_lr, rtol=0, atol=0)
-        for t in range(steps):
-            delta, single = rule.step(grads[t, i : i + 1], single)
-            torch.testing.assert_close(delta, pop[t][i : i + 1], rtol=1e-10, atol=1e-16)
-        for a, b in zip(single, state, strict=True):
-            torch.testing.assert_close(a, b[i : i + 1], rtol=1e-10, atol=1e-14)
+    x = torch.zeros(1, layout.num_params, dtype=torch.float64)
+    single = rule.init(x, layout, generator=[torch.Generator().manual_seed(11)])
+    other = rule.init(x, layout, generator=torch.Generator().manual_seed(11))
+    torch.testing.assert_close(single.log_lr, other.log_lr, rtol=0, atol=0)
 
 
 def test_index_path_equals_dense_path(monkeypatch):
@@ -350,9 +330,10 @@ def test_global_rng_is_reproducible():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_state_structure_is_stable(dtype):
-    rule = ScaleRule().to(dtype)
+def test_state_fields_and_shapes():
+    """The fields of ScaleState (dtype and device kept: tests/test_rule_contract.py)."""
+    dtype = torch.float32
+    rule = ScaleRule()
     n, p, t = 2, LAYOUT.num_params, LAYOUT.num_tensors
     x = torch.zeros(n, p, dtype=dtype)
     state = rule.init(x, LAYOUT)
@@ -426,33 +407,6 @@ def test_log_lr_clip_in_the_rule():
 
 # ---------------------------------------------------------------------------------------------
 # On a real task
-
-
-@needs_data
-def test_gradient_reaches_every_weight_through_three_steps():
-    torch.manual_seed(0)
-    rule = ScaleRule()
-    # With the paper's zero learning-rate readout, lam = l exactly, so l' = m l + (1 - m) lam
-    # does not depend on the momentum logit m: its gradient is exactly 0 until w_lr / b_lr move.
-    with torch.no_grad():
-        rule.lr_weights.normal_(0.0, 0.1)
-    task = get_task("mlp-orig")
-    x = task.init([0, 1])
-    stream = task.stream([0, 1], "train")
-    state = rule.init(x, task.layout)
-    for _ in range(3):
-        leaf = x.detach().requires_grad_(True)
-        loss = task.loss(leaf, stream.next())
-        (grad,) = torch.autograd.grad(loss.sum(), leaf)
-        delta, state = rule.step(grad, state)
-        x = x + delta
-    final = task.loss(x, stream.next()).sum()
-    names, params = zip(*rule.named_parameters(), strict=True)
-    grads = torch.autograd.grad(final, params, allow_unused=True)
-    for name, g in zip(names, grads, strict=True):
-        assert g is not None, name
-        assert torch.isfinite(g).all(), name
-        assert g.abs().sum() > 0, name
 
 
 @needs_data

@@ -12,7 +12,7 @@ from l2o.evaluation import EvalResult, evaluate
 from l2o.layout import Layout, TensorSpec
 from l2o.optim import LearnedOptimizer
 from l2o.registry import load_rule
-from l2o.rules import AnalyticRule, Rule, adam, nag, rmsprop, sgd
+from l2o.rules import AnalyticRule, LearnedRule, Rule, adam, nag, register_rule, rmsprop, sgd
 from l2o.tasks import TASKS, ModuleTask, Task, get_task
 from l2o.training import RECIPES, TrainConfig, Trainer, get_recipe
 
@@ -23,6 +23,7 @@ __all__ = [
     "EvalResult",
     "Layout",
     "LearnedOptimizer",
+    "LearnedRule",
     "ModuleTask",
     "Rule",
     "Task",
@@ -37,6 +38,7 @@ __all__ = [
     "get_task",
     "load_rule",
     "nag",
+    "register_rule",
     "rmsprop",
     "sgd",
 ]

@@ -33,27 +33,21 @@ class CheckpointError(ValueError):
 
 
 def model_classes() -> dict[str, type]:
-    """Model kind -> learned rule class (``rule.name`` is the kind)."""
-    from l2o.rules.dm import DMRule
-    from l2o.rules.rnnprop import RNNpropRule
+    """Model kind -> learned rule class (``rule.name`` is the kind): the registry's families."""
+    from l2o.rules.registry import LEARNED_RULES
 
-    classes: dict[str, type] = {"dm": DMRule, "rnnprop": RNNpropRule}
-    try:
-        from l2o.rules.scale import ScaleRule
-
-        classes["scale"] = ScaleRule
-    except ImportError:
-        pass
-    return classes
+    return dict(LEARNED_RULES)
 
 
 def build_rule(kind: str, hyperparameters: dict[str, Any] | None = None):
     """An untrained learned rule of ``kind`` built from its hyperparameters."""
-    classes = model_classes()
-    if kind not in classes:
-        raise CheckpointError(f"unknown model kind {kind!r}; known kinds: {', '.join(classes)}")
-    cls = classes[kind]
-    return cls.from_hyperparameters(hyperparameters) if hyperparameters else cls()
+    from l2o.rules.registry import LEARNED_RULES, build_learned_rule
+
+    if kind not in LEARNED_RULES:
+        raise CheckpointError(
+            f"unknown model kind {kind!r}; known kinds: {', '.join(LEARNED_RULES)}"
+        )
+    return build_learned_rule(kind, hyperparameters)
 
 
 def save_rule(path: Path, rule: torch.nn.Module, card: dict[str, Any]) -> None:

@@ -14,7 +14,6 @@ diverged, never silently dropped.
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -121,11 +120,10 @@ def summarize_losses(losses: np.ndarray, seeds: Sequence[int]) -> dict[str, Any]
 
 
 def init_rule_state(rule: Rule, x: torch.Tensor, task: Task, seeds: Sequence[int]):
-    """``rule.init``, handing rules with a random initial state (L2O-Scale's initial learning
-    rates) one generator per instance, so a seed's run never depends on its neighbours."""
-    if "generator" in inspect.signature(rule.init).parameters:
-        return rule.init(x, task.layout, generator=generators(seeds, "optimizer"))
-    return rule.init(x, task.layout)
+    """``rule.init`` with one generator per instance (the seed's ``"optimizer"`` stream), so a
+    rule with a random initial state (L2O-Scale's initial learning rates) gives every seed the
+    same run whoever its neighbours are; rules without randomness ignore it."""
+    return rule.init(x, task.layout, generator=generators(seeds, "optimizer"))
 
 
 #: Learned rules are stepped over chunks of instances holding at most this many coordinates: their

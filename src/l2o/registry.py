@@ -3,7 +3,7 @@
 ``adam`` / ``rmsprop`` / ``sgd`` / ``nag`` are the analytic rules; ``paper:<name>`` loads the
 authors' published weights; the name of a bundled optimizer (``l2o pretrained``; e.g.
 ``dm-cl-il``) loads the checkpoint shipped in the package; anything else is read as a checkpoint
-path.
+path. Family names come from the one registry, :mod:`l2o.rules.registry`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from l2o.rules.analytic import ANALYTIC_RULES, get_analytic_rule
+from l2o.rules.analytic import get_analytic_rule
+from l2o.rules.registry import ANALYTIC_RULES, LEARNED_RULES
 
 
 def _warn_if_it_always_diverged(name: str, card: dict[str, Any]) -> None:
@@ -48,6 +49,12 @@ def load_rule(spec: str, **hparams: Any):
         from l2o.checkpoint import load_rule_checkpoint
 
         return load_rule_checkpoint(path)
+    if spec in LEARNED_RULES:
+        raise ValueError(
+            f"{spec!r} is a learned rule family, not trained weights: pass a checkpoint path, a "
+            f"bundled optimizer or a paper:<name> checkpoint (`l2o pretrained` lists them), or "
+            f"train one (`l2o train {spec}` where a recipe of that name exists)"
+        )
     raise ValueError(
         f"unknown rule {spec!r}: use one of {', '.join(ANALYTIC_RULES)}, a bundled optimizer "
         "or a paper:<name> checkpoint (`l2o pretrained` lists them), or the path of a "

@@ -10,20 +10,26 @@ from l2o.rules.analytic import (
     rmsprop,
     sgd,
 )
-from l2o.rules.base import Rule
+from l2o.rules.base import LearnedRule, Rule
 from l2o.rules.dm import DMRule, DMState
+from l2o.rules.mlp_lopt import MLPLOptRule, MLPLOptState
 from l2o.rules.paper import PAPER_ATTRIBUTION, PAPER_CHECKPOINTS, load_paper_rule
+from l2o.rules.registry import LEARNED_RULES, register_rule, rule_families
 from l2o.rules.rnnprop import RNNpropRule, RNNpropState
 from l2o.rules.scale import ScaleRule, ScaleState
 
 __all__ = [
     "ANALYTIC_RULES",
+    "LEARNED_RULES",
     "PAPER_ATTRIBUTION",
     "PAPER_CHECKPOINTS",
     "AnalyticRule",
     "AnalyticState",
     "DMRule",
     "DMState",
+    "LearnedRule",
+    "MLPLOptRule",
+    "MLPLOptState",
     "RNNpropRule",
     "RNNpropState",
     "Rule",
@@ -33,6 +39,8 @@ __all__ = [
     "get_analytic_rule",
     "load_paper_rule",
     "nag",
+    "register_rule",
     "rmsprop",
+    "rule_families",
     "sgd",
 ]

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from l2o.layout import Layout
+from l2o.rules.base import Generators
 
 
 @dataclass
@@ -37,7 +38,10 @@ class AnalyticRule:
     def hyperparameters(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.hparams.items()}
 
-    def init(self, x: Tensor, layout: Layout | None = None) -> AnalyticState:
+    def init(
+        self, x: Tensor, layout: Layout | None = None, generator: Generators = None
+    ) -> AnalyticState:
+        """``torch.optim``'s fresh state for ``x`` (nothing random: ``generator`` is ignored)."""
         param = x.detach().clone().requires_grad_(True)
         return AnalyticState(param, self.optimizer_cls([param], **self.hparams))
 

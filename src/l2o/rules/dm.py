@@ -22,10 +22,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from l2o.layout import Layout
-from l2o.rules.lstm import Linear, LSTMLayer, NpzStateMixin, constructor_kwargs
+from l2o.rules.base import Generators, LearnedRule
+from l2o.rules.lstm import Linear, LSTMLayer
 
 #: LogAndSign's epsilon: float32 machine epsilon (1.1920929e-07), whatever the compute dtype.
 LOG_AND_SIGN_EPS = float(np.finfo(np.float32).eps)
@@ -56,7 +57,7 @@ def log_and_sign(grad: Tensor, k: float = 5.0, eps: float = LOG_AND_SIGN_EPS) ->
     return torch.stack([log, sign], dim=0)
 
 
-class DMRule(NpzStateMixin, nn.Module):
+class DMRule(LearnedRule):
     """L2O-DM as a :class:`~l2o.rules.base.Rule` and an ``nn.Module`` (meta-trainable).
 
     Args:
@@ -79,34 +80,29 @@ class DMRule(NpzStateMixin, nn.Module):
         self.hidden_sizes = (int(hidden_sizes[0]), int(hidden_sizes[1]))
         self.k = float(k)
         self.output_scale = float(output_scale)
-        self.weights_source: str | None = None  # e.g. "paper:dm-cl-il" once loaded
         self.lstm_1 = LSTMLayer(2, self.hidden_sizes[0])
         self.lstm_2 = LSTMLayer(self.hidden_sizes[0], self.hidden_sizes[1])
         self.linear = Linear(self.hidden_sizes[1], 1)
 
-    def hyperparameters(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "model": "dm",
+    def settings(self) -> dict[str, Any]:
+        return {
             "hidden_sizes": list(self.hidden_sizes),
             "preprocessing": "log_and_sign",
             "k": self.k,
             "output_scale": self.output_scale,
-            "num_weights": self.num_weights,
         }
-        if self.weights_source is not None:
-            out["weights"] = self.weights_source
-        return out
 
     @classmethod
-    def from_hyperparameters(cls, d: dict[str, Any]) -> DMRule:
-        """An untrained instance with the settings of a :meth:`hyperparameters` dict."""
-        kwargs = constructor_kwargs(d, "dm")
+    def _kwargs_from_settings(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
         if kwargs.pop("preprocessing", "log_and_sign") != "log_and_sign":
-            raise ValueError(f"L2O-DM supports only log_and_sign preprocessing, not {d}")
-        return cls(**kwargs)
+            raise ValueError(f"L2O-DM supports only log_and_sign preprocessing, not {kwargs}")
+        return kwargs
 
-    def init(self, x: Tensor, layout: Layout | None = None) -> DMState:
-        """Zero LSTM state for population ``x`` ``[n, P]`` (on ``x``'s device, in its dtype)."""
+    def init(
+        self, x: Tensor, layout: Layout | None = None, generator: Generators = None
+    ) -> DMState:
+        """Zero LSTM state for population ``x`` ``[n, P]`` (on ``x``'s device, in its dtype);
+        nothing is random, so ``generator`` is ignored."""
         n, p = x.shape
         h1s, h2s = self.hidden_sizes
         h1, c1, h2, c2 = (x.new_zeros(size, n, p).transpose(0, 1) for size in (h1s, h1s, h2s, h2s))

@@ -38,11 +38,21 @@ static), so ``torch.compile`` traces the whole step.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 
-import numpy as np
 import torch
 from torch import Tensor, nn
+
+# The checkpoint helpers moved to l2o.rules.base (L2O-Scale and the MLP rule use them too); these
+# names stay importable from here.
+from l2o.rules.base import (  # noqa: F401
+    INFO_KEYS,
+    NpzStateMixin,
+    constructor_kwargs,
+    export_npz_state,
+    load_npz_state,
+    npz_key,
+    npz_state_shapes,
+)
 
 #: sonnet-1 ``snt.LSTM``'s default forget-gate bias, added to ``f`` at run time.
 FORGET_BIAS = 1.0
@@ -169,94 +179,3 @@ class Linear(nn.Module):
         """``inputs @ w + b`` applied to every coordinate, feature-first: ``[in, n, P]`` ->
         ``[out, n, P]``."""
         return feature_affine(self.w.to(inputs).t(), self.b.to(inputs), inputs)
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoint keys: ``state_dict`` names with "/" for ".".
-
-
-def npz_key(param_name: str) -> str:
-    """``"lstm_1.w_gates"`` -> ``"lstm_1/w_gates"`` (the authors' sonnet variable names)."""
-    return param_name.replace(".", "/")
-
-
-def npz_state_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
-    """The checkpoint keys of ``module`` and the shape each must have."""
-    return {npz_key(name): tuple(p.shape) for name, p in module.named_parameters()}
-
-
-def _describe(shapes: Mapping[str, tuple[int, ...]]) -> str:
-    return ", ".join(f"{k} {'x'.join(map(str, s)) or 'scalar'}" for k, s in shapes.items())
-
-
-def load_npz_state(module: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
-    """Copy ``arrays`` (checkpoint key -> array) into ``module``'s parameters, exactly.
-
-    Raises:
-        ValueError: if a key is missing or unexpected or a shape differs; the message lists the
-            expected keys and shapes. Nothing is copied in that case.
-    """
-    expected = npz_state_shapes(module)
-    got = {k: tuple(np.shape(v)) for k, v in arrays.items()}
-    missing = sorted(set(expected) - set(got))
-    extra = sorted(set(got) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
-    if missing or extra or wrong:
-        problems = []
-        if missing:
-            problems.append(f"missing keys {missing}")
-        if extra:
-            problems.append(f"unexpected keys {extra}")
-        if wrong:
-            problems.append(
-                "wrong shapes " + ", ".join(f"{k} {got[k]} (expected {expected[k]})" for k in wrong)
-            )
-        raise ValueError(
-            f"weights do not fit {type(module).__name__}: {'; '.join(problems)}. "
-            f"Expected exactly: {_describe(expected)}."
-        )
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            value = torch.from_numpy(np.asarray(arrays[npz_key(name)]))
-            p.copy_(value.to(device=p.device, dtype=p.dtype))
-
-
-def export_npz_state(module: nn.Module) -> dict[str, np.ndarray]:
-    """``module``'s parameters as float32 NumPy arrays under the checkpoint keys (the inverse of
-    :func:`load_npz_state`; ``np.savez(path, **export_npz_state(rule))`` writes a checkpoint)."""
-    return {
-        npz_key(name): p.detach().to("cpu", torch.float32).numpy().copy()
-        for name, p in module.named_parameters()
-    }
-
-
-class NpzStateMixin:
-    """Checkpoint I/O for a rule module whose parameter names map 1:1 to the npz keys."""
-
-    def npz_state_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Checkpoint key -> expected shape."""
-        return npz_state_shapes(self)  # type: ignore[arg-type]
-
-    def load_npz_state(self, arrays: Mapping[str, np.ndarray]) -> None:
-        """Copy the checkpoint ``arrays`` (e.g. ``dict(np.load(path))``) into the weights."""
-        load_npz_state(self, arrays)  # type: ignore[arg-type]
-
-    def export_npz_state(self) -> dict[str, np.ndarray]:
-        """The weights as float32 arrays under the checkpoint keys."""
-        return export_npz_state(self)  # type: ignore[arg-type]
-
-    @property
-    def num_weights(self) -> int:
-        """The number of trainable scalars (5,141 for L2O-DM, 6,641 for RNNprop)."""
-        return sum(p.numel() for p in self.parameters())  # type: ignore[attr-defined]
-
-
-#: Keys of ``hyperparameters()`` that describe an instance but are not constructor arguments.
-INFO_KEYS = frozenset({"model", "weights", "num_weights"})
-
-
-def constructor_kwargs(d: Mapping, model: str) -> dict:
-    """The constructor arguments in a ``hyperparameters()`` dict, checking its ``model``."""
-    if d.get("model", model) != model:
-        raise ValueError(f"hyperparameters describe model {d['model']!r}, not {model!r}")
-    return {k: v for k, v in d.items() if k not in INFO_KEYS}

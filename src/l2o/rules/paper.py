@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from l2o.rules.dm import DMRule
+from l2o.rules.registry import learned_rule_class
 from l2o.rules.rnnprop import RNNpropRule
 
 #: Name -> (model kind, file name). The names are the paper's curves (Figures 2, 3 and 5).
@@ -65,7 +66,6 @@ SOFTWARE.
 #: Environment variable that points at a folder holding the ``.npz`` files.
 CHECKPOINTS_ENV = "L2O_PAPER_CHECKPOINTS"
 
-_MODELS = {"dm": DMRule, "rnnprop": RNNpropRule}
 _SHARED_RELATIVE = Path("shared") / "data" / "paper-checkpoints"
 
 
@@ -115,7 +115,7 @@ def load_paper_rule(name: str) -> DMRule | RNNpropRule:
     """
     key = _canonical(name)
     model, file_name = PAPER_CHECKPOINTS[key]
-    rule = _MODELS[model]()
+    rule = learned_rule_class(model)()
     path = paper_checkpoint_dir() / file_name
     expected = ", ".join(f"{k} {'x'.join(map(str, s))}" for k, s in rule.npz_state_shapes().items())
     if not path.is_file():

@@ -27,10 +27,11 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from l2o.layout import Layout
-from l2o.rules.lstm import Linear, LSTMLayer, NpzStateMixin, constructor_kwargs
+from l2o.rules.base import Generators, LearnedRule
+from l2o.rules.lstm import Linear, LSTMLayer
 
 
 class RNNpropState(NamedTuple):
@@ -74,7 +75,7 @@ def rnnprop_features(
     return torch.stack([m_hat / denom, grad / denom], dim=0), m, v
 
 
-class RNNpropRule(NpzStateMixin, nn.Module):
+class RNNpropRule(LearnedRule):
     """RNNprop as a :class:`~l2o.rules.base.Rule` and an ``nn.Module`` (meta-trainable).
 
     Args:
@@ -108,34 +109,26 @@ class RNNpropRule(NpzStateMixin, nn.Module):
         self.beta2 = float(beta2)
         self.eps = float(eps)
         self.output_scale = float(output_scale)
-        self.weights_source: str | None = None  # e.g. "paper:rnnprop-cl-il" once loaded
         self.input_projection = Linear(2, self.projection_size)
         self.lstm_1 = LSTMLayer(self.projection_size, self.hidden_sizes[0])
         self.lstm_2 = LSTMLayer(self.hidden_sizes[0], self.hidden_sizes[1])
         self.linear = Linear(self.hidden_sizes[1], 1)
 
-    def hyperparameters(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "model": "rnnprop",
+    def settings(self) -> dict[str, Any]:
+        return {
             "hidden_sizes": list(self.hidden_sizes),
             "projection_size": self.projection_size,
             "beta1": self.beta1,
             "beta2": self.beta2,
             "eps": self.eps,
             "output_scale": self.output_scale,
-            "num_weights": self.num_weights,
         }
-        if self.weights_source is not None:
-            out["weights"] = self.weights_source
-        return out
 
-    @classmethod
-    def from_hyperparameters(cls, d: dict[str, Any]) -> RNNpropRule:
-        """An untrained instance with the settings of a :meth:`hyperparameters` dict."""
-        return cls(**constructor_kwargs(d, "rnnprop"))
-
-    def init(self, x: Tensor, layout: Layout | None = None) -> RNNpropState:
-        """Zero moments, zero LSTM state and step 0 for population ``x`` ``[n, P]``."""
+    def init(
+        self, x: Tensor, layout: Layout | None = None, generator: Generators = None
+    ) -> RNNpropState:
+        """Zero moments, zero LSTM state and step 0 for population ``x`` ``[n, P]`` (nothing is
+        random: ``generator`` is ignored)."""
         n, p = x.shape
         h1s, h2s = self.hidden_sizes
         h1, c1, h2, c2 = (x.new_zeros(size, n, p).transpose(0, 1) for size in (h1s, h1s, h2s, h2s))

@@ -88,7 +88,7 @@ import torch
 from torch import Tensor, nn
 
 from l2o.layout import Layout
-from l2o.rules.lstm import NpzStateMixin, constructor_kwargs
+from l2o.rules.base import LearnedRule
 
 #: The original's lower clip of the log learning rate ("log(min int32) - 1").
 MIN_LOG_LR = -33.0
@@ -239,7 +239,7 @@ class BiasGRUCell(nn.Module):
         return c + u * (h - c)
 
 
-class ScaleRule(NpzStateMixin, nn.Module):
+class ScaleRule(LearnedRule):
     """L2O-Scale as a :class:`~l2o.rules.base.Rule` and an ``nn.Module`` (meta-trainable).
 
     Args:
@@ -302,7 +302,6 @@ class ScaleRule(NpzStateMixin, nn.Module):
         self.lr_momentum_logit_init = float(lr_momentum_logit_init)
         self.stepsize_offset_init = float(stepsize_offset_init)
         self.global_input = global_input
-        self.weights_source: str | None = None
 
         c0, c1, c2 = self.cell_sizes
         k = self.num_gradient_scales
@@ -361,9 +360,8 @@ class ScaleRule(NpzStateMixin, nn.Module):
     # ------------------------------------------------------------------------------------------
     # Rule interface
 
-    def hyperparameters(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "model": "scale",
+    def settings(self) -> dict[str, Any]:
+        return {
             "cell_sizes": list(self.cell_sizes),
             "num_gradient_scales": self.num_gradient_scales,
             "init_lr_range": list(self.init_lr_range),
@@ -377,16 +375,7 @@ class ScaleRule(NpzStateMixin, nn.Module):
             "lr_momentum_logit_init": self.lr_momentum_logit_init,
             "stepsize_offset_init": self.stepsize_offset_init,
             "global_input": self.global_input,
-            "num_weights": self.num_weights,
         }
-        if self.weights_source is not None:
-            out["weights"] = self.weights_source
-        return out
-
-    @classmethod
-    def from_hyperparameters(cls, d: dict[str, Any]) -> ScaleRule:
-        """An untrained instance with the settings of a :meth:`hyperparameters` dict."""
-        return cls(**constructor_kwargs(d, "scale"))
 
     def init(
         self,

@@ -185,6 +185,31 @@ RECIPES: dict[str, Recipe] = {
         _SCALE_CL_BUDGETS,
         budget_settings=_SCALE_CL_BUDGET_SETTINGS,
     ),
+    "mlp-lopt": Recipe(
+        "mlp-lopt",
+        "MLP-LOpt (Metz et al. 2022, learned_optimization's per-parameter MLP) trained like the "
+        "L2O-DM baseline: 100-step horizon, Adam 1e-3",
+        {"model": "mlp-lopt", "horizon": 100, "evaluation_epochs": 20, "meta_lr": 1e-3},
+        {"demo": (150, 25), "cpu": (1_000, 50), "paper": (10_000, 100)},
+        notes="not a family of Chen et al. 2020; the settings are the dm recipe's. Upstream "
+        "meta-trains it with truncated ES; here it is backpropagation through unrolls.",
+    ),
+    "mlp-lopt-cl-il": Recipe(
+        "mlp-lopt-cl-il",
+        "MLP-LOpt with the paper's techniques as for L2O-DM-CL-IL: curriculum plus imitation "
+        "of Adam (0, 0.1, then 0.3 of the epochs per stage)",
+        {
+            "model": "mlp-lopt",
+            "curriculum": list(DM_HORIZONS),
+            "evaluation_epochs": 20,
+            "meta_lr": 1e-3,
+            "imitation_ratios": DM_IMITATION_RATIOS,
+        },
+        {"demo": (150, 10), "cpu": (700, 20), "paper": (10_000, 100)},
+        budget_settings={"demo": _DM_CL_IL_DEMO, "cpu": _DM_CPU},
+        notes="the dm-cl-il recipe's settings (demo budget: imitation from stage 0 on). Under "
+        "imitation the rule's parameter feature follows its own steps, not the teacher's.",
+    ),
 }
 
 

@@ -134,7 +134,6 @@ class FusedLSTMCell(torch.autograd.Function):
         return dx, dh_prev, dc_prev, dwt, db, None
 
 
-
 # ---------------------------------------------------------------------------------------------
 # The C++ kernel for the CPU, behind a custom op (with the PyTorch formulation as its fallback).
 

@@ -164,3 +164,24 @@ def test_compiled_step_matches_eager(monkeypatch):
     gc = torch.autograd.grad(loss_c, list(rule.parameters()))
     for a, r in zip(gc, ge, strict=True):
         torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("model", ["dm", "rnnprop"])
+def test_evaluation_chunks_of_fused_rules_equal_one_piece(monkeypatch, model):
+    """``evaluate`` steps fused-cell rules in larger chunks; chunking still changes nothing."""
+    import numpy as np
+
+    import l2o.evaluation as ev
+    from l2o import evaluate
+
+    _use(monkeypatch, "fused")
+    torch.manual_seed(0)
+    rule = RULES[model]()
+    task = get_task("quadratic")
+    assert ev.chunk_coordinates(rule) == ev.FUSED_CHUNK_COORDINATES
+    whole = evaluate(rule, task, 15, [0, 1, 2])
+    monkeypatch.setattr(ev, "FUSED_CHUNK_COORDINATES", task.num_params)  # one instance each
+    pieces = evaluate(rule, task, 15, [0, 1, 2])
+    np.testing.assert_allclose(pieces.losses, whole.losses, rtol=1e-5)
+    _use(monkeypatch, "reference")
+    assert ev.chunk_coordinates(rule) == ev.CHUNK_COORDINATES

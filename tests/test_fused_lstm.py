@@ -185,3 +185,24 @@ def test_evaluation_chunks_of_fused_rules_equal_one_piece(monkeypatch, model):
     np.testing.assert_allclose(pieces.losses, whole.losses, rtol=1e-5)
     _use(monkeypatch, "reference")
     assert ev.chunk_coordinates(rule) == ev.CHUNK_COORDINATES
+
+
+def test_failed_build_warns_and_falls_back_to_pytorch(monkeypatch, tmp_path):
+    """No compiler (here: no source file): one warning, then the op's PyTorch formulation, which
+    gives the reference values and passes gradcheck."""
+    _use(monkeypatch, "fused")
+    monkeypatch.setattr(fused_lstm, "_SOURCE", tmp_path / "missing.cpp")
+    monkeypatch.setattr(fused_lstm, "_built", None)
+    with pytest.warns(UserWarning, match="building the fused LSTM kernel failed"):
+        assert not fused_lstm.cpu_kernel_available()
+    x, h, c, w, b = _cell_args()
+    offset, scale = (t.double() for t in gate_constants(4))
+    ref = lstm_cell(x, h, c, w, b, offset, scale)
+    got = fused_lstm.fused_lstm_cell(x, h, c, w, b, offset, scale)
+    for a, r in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-13)
+
+    def cell(*args):
+        return fused_lstm.fused_lstm_cell(*args, offset, scale)
+
+    assert torch.autograd.gradcheck(cell, (x, h, c, w, b))

@@ -197,7 +197,8 @@ def lstm_cell_cpu_backward(
         return torch.ops.l2o_fused_lstm.bwd(x, h, c, c_new, wt, b, dh, dc, CPU_TILE)
     ctx = _Ctx((x, h, c, c_new, wt, b), sigmoid_tanh=True)
     with torch.no_grad():
-        return FusedLSTMCell.backward(ctx, dh, dc)  # type: ignore[return-value]
+        dx, dh_prev, dc_prev, dwt, db, _ = FusedLSTMCell.backward(ctx, dh, dc)
+    return dx, dh_prev, dc_prev, dwt, db
 
 
 @lstm_cell_cpu_backward.register_fake

@@ -6,6 +6,13 @@ Usage (on the GPU machine, from the repository root)::
 
     python benchmarks/gpu_check.py --out $OUT [--steps 10000] [--seeds 10] [--workers 8]
         [--grid-deadline 300] [--checkpoints runs/dm-cpu/best.safetensors ...]
+        [--skip correctness speed grid fused]
+
+    python benchmarks/gpu_check.py --out /tmp/gpu-dry --dry-run   # anywhere: CPU, small
+
+The ``fused`` part measures the fused LSTM cell (``l2o.rules.fused_lstm``) against the reference
+cell: L2O-DM meta-training and evaluation steps/s at 1, 16 and 64 instances, and its 20-step
+meta-gradient on the device against the reference cell on the CPU.
 
 Writes ``gpu_check.json`` (correctness and speed) and ``eval_grid.json`` (one summary plus binned
 curves per evaluation), updated as results arrive so that a timeout loses nothing finished.
@@ -222,6 +229,88 @@ def speed_checks(device: str = "cuda", steps: int = 300) -> dict:
     return out
 
 
+def fused_checks(device: str, instances=(1, 16, 64), eval_steps: int = 200) -> dict:
+    """The fused LSTM cell (l2o.rules.fused_lstm) on ``device``: its 20-step meta-gradient against
+    the reference cell on the CPU, and steps/s of L2O-DM meta-training (compiled, ``instances``
+    instances per step) and of evaluation (``instances`` seeds as one population), fused against
+    the reference cell, alternating."""
+    import tempfile
+
+    from common import median, timed
+    from l2o import evaluate, get_task
+    from l2o.rules import DMRule, fused_lstm
+    from l2o.training import Trainer, get_recipe
+    from l2o.training.unroll import start_trajectory, unroll
+
+    def use(mode):
+        fused_lstm.MODE = "fused" if mode == "reference" else mode
+        fused_lstm.USE_FUSED = mode != "reference"
+
+    out: dict = {}
+    task = get_task("mlp-orig")
+    # Both cells, grad modes and shapes compile the same ``step``: keep them all compiled.
+    torch._dynamo.config.recompile_limit = 256
+
+    def meta_grad(dev, mode):
+        use(mode)
+        torch.manual_seed(0)
+        rule = DMRule().to(dev)
+        stream = task.stream([0, 1], "train", device=dev)
+        traj = start_trajectory(rule, task, task.init([0, 1], device=dev), stream)
+        surrogate, losses, _ = unroll(rule, task, traj, stream, 20)
+        grads = torch.autograd.grad(surrogate, list(rule.parameters()))
+        return losses.cpu(), [g.cpu() for g in grads]
+
+    try:
+        ref_losses, ref_grads = meta_grad("cpu", "reference")
+        got_losses, got_grads = meta_grad(device, "fused")
+        out["meta_gradient_vs_cpu_reference"] = {
+            "max_loss_rel_diff": float(((got_losses - ref_losses) / ref_losses).abs().max()),
+            "max_grad_rel_diff": max(
+                float((g - r).abs().max() / r.abs().max())
+                for g, r in zip(got_grads, ref_grads, strict=True)
+            ),
+        }
+    except Exception as err:
+        out["meta_gradient_vs_cpu_reference"] = {"error": f"{type(err).__name__}: {err}"}
+    log(f"fused parity: {out['meta_gradient_vs_cpu_reference']}")
+    for n in instances:
+        for mode in ("reference", "fused"):
+            key = f"meta_training dm {mode} {n} instances"
+            try:
+                use(mode)
+                cfg = get_recipe("dm").config("demo", device=device, compile=True, instances=n)
+                tr = Trainer(cfg, tempfile.mkdtemp())
+                tr.train_epoch()
+                t = timed(tr.train_epoch, 2)
+                out[key] = {"epoch_seconds": t, "steps_per_second": cfg.horizon / median(t)}
+            except Exception as err:
+                out[key] = {"error": f"{type(err).__name__}: {err}"}
+            log(f"fused {key}: {out[key]}")
+            key = f"evaluate dm {mode} {n} seeds"
+            try:
+                use(mode)
+                rule = DMRule()
+                seeds = list(range(n))
+                evaluate(rule, task, 10, seeds, device=device, compile=True)
+                t = timed(
+                    lambda r=rule, s=seeds: evaluate(
+                        r, task, eval_steps, s, device=device, compile=True
+                    ),
+                    2,
+                )
+                out[key] = {
+                    "seconds": t,
+                    "steps_per_second": eval_steps / median(t),
+                    "seed_steps_per_second": eval_steps * n / median(t),
+                }
+            except Exception as err:
+                out[key] = {"error": f"{type(err).__name__}: {err}"}
+            log(f"fused {key}: {out[key]}")
+    use("fused")
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
@@ -231,10 +320,19 @@ def main() -> None:
     p.add_argument("--grid-deadline", type=float, default=300.0, help="stop starting jobs after")
     p.add_argument("--cifar-test-zip", default=None)
     p.add_argument("--checkpoints", nargs="*", default=[])
-    p.add_argument("--skip", nargs="*", default=[], choices=["correctness", "speed", "grid"])
+    p.add_argument(
+        "--skip", nargs="*", default=[], choices=["correctness", "speed", "grid", "fused"]
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only the fused checks, on the CPU, small (checks that the script runs)",
+    )
     p.add_argument("--device", default="cuda")
     p.add_argument("--check-steps", type=int, default=300)
     a = p.parse_args()
+    if a.dry_run:
+        a.device, a.skip = "cpu", ["correctness", "speed", "grid"]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     install_cifar_test_shim(a.cifar_test_zip)
@@ -282,6 +380,10 @@ def main() -> None:
         save()
     if "speed" not in a.skip:
         report["speed"] = speed_checks(a.device, a.check_steps)
+        save()
+    if "fused" not in a.skip:
+        instances = (1, 2) if a.dry_run else (1, 16, 64)
+        report["fused"] = fused_checks(a.device, instances, 5 if a.dry_run else 200)
         save()
     if pool is not None:
         deadline = T0 + a.grid_deadline

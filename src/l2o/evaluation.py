@@ -130,6 +130,21 @@ def init_rule_state(rule: Rule, x: torch.Tensor, task: Task, seeds: Sequence[int
 #: per-coordinate work gains nothing from larger batches, and on CPUs a whole population's LSTM
 #: state falls out of cache (10 seeds of L2O-DM on mlp-orig ran 2.5x slower in one piece).
 CHUNK_COORDINATES = 16_384
+#: The same for rules whose LSTM runs the fused cell (:mod:`l2o.rules.fused_lstm`), which tiles the
+#: coordinates itself: one call for the population was 1.3x faster than chunks of 16,384 for 10
+#: seeds of L2O-DM on mlp-orig (docs/performance.md), so only very large populations are split.
+FUSED_CHUNK_COORDINATES = 1 << 22
+
+
+def chunk_coordinates(rule: Rule) -> int:
+    """How many coordinates :func:`evaluate` steps ``rule`` over at once."""
+    from l2o.rules import fused_lstm
+    from l2o.rules.lstm import LSTMLayer
+
+    modules = rule.modules() if isinstance(rule, torch.nn.Module) else ()
+    if fused_lstm.USE_FUSED and any(isinstance(m, LSTMLayer) for m in modules):
+        return FUSED_CHUNK_COORDINATES
+    return CHUNK_COORDINATES
 
 
 def chunked(step: Callable, chunk: int) -> Callable:
@@ -206,7 +221,7 @@ def evaluate(
     step = rule.step
     if isinstance(rule, torch.nn.Module):
         step = CompiledStep(rule.step) if compile else rule.step
-        step = chunked(step, max(1, CHUNK_COORDINATES // task.num_params))
+        step = chunked(step, max(1, chunk_coordinates(rule) // task.num_params))
     record = torch.empty(steps, len(seeds), dtype=torch.float64, device=device)
     initial = None
     done = 0

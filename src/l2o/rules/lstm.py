@@ -33,6 +33,10 @@ machine) 12.7 against 19.0 ms, forward alone 4.0 against 10.2 ms; H200 1.9 again
 instance (kernel-launch bound either way), 1.8 against 2.1 ms for 16 instances, and 1.1 against
 1.4 ms under ``torch.compile``. There is no data-dependent Python control flow (the device test is
 static), so ``torch.compile`` traces the whole step.
+
+:func:`lstm_cell` is the reference formulation. :class:`LSTMLayer` runs the fused step of
+:mod:`l2o.rules.fused_lstm` instead (the same values to round-off; a hand-written backward that
+recomputes the gates, so an unroll keeps only the states; on the CPU a column-tiled C++ kernel).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ import math
 
 import torch
 from torch import Tensor, nn
+
+from l2o.rules import fused_lstm
 
 # The checkpoint helpers moved to l2o.rules.base (L2O-Scale and the MLP rule use them too); these
 # names stay importable from here.
@@ -152,10 +158,11 @@ class LSTMLayer(nn.Module):
             truncated_normal_(self.b_gates, std)
 
     def forward(self, inputs: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        """``(h, c)`` after one step (``[H, n, P]`` each, like ``h``)."""
-        return lstm_cell(
-            inputs, h, c, self.w_gates, self.b_gates, self.gate_offset, self.gate_scale
-        )
+        """``(h, c)`` after one step (``[H, n, P]`` each, like ``h``), by the fused cell of
+        :mod:`l2o.rules.fused_lstm` (the same values; ``L2O_LSTM=reference`` selects
+        :func:`lstm_cell`)."""
+        cell = fused_lstm.fused_lstm_cell if fused_lstm.USE_FUSED else lstm_cell
+        return cell(inputs, h, c, self.w_gates, self.b_gates, self.gate_offset, self.gate_scale)
 
 
 class Linear(nn.Module):

@@ -1,0 +1,208 @@
+"""The fused LSTM step (l2o.rules.fused_lstm) against the reference cell (l2o.rules.lstm.lstm_cell).
+
+Forward values and meta-gradients must agree to round-off over a whole 20-step meta-training unroll
+(through ``l2o.training.unroll.unroll``), for populations, in float32 and float64, with and
+without gradients; the hand-written backward passes ``gradcheck``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from l2o.rules import fused_lstm
+from l2o.rules.dm import DMRule
+from l2o.rules.lstm import gate_constants, lstm_cell
+from l2o.rules.rnnprop import RNNpropRule
+from l2o.tasks import get_task
+from l2o.training.unroll import start_trajectory, unroll
+
+RULES = {"dm": DMRule, "rnnprop": RNNpropRule}
+
+
+def _use(monkeypatch, mode: str) -> None:
+    monkeypatch.setattr(fused_lstm, "MODE", "fused" if mode == "reference" else mode)
+    monkeypatch.setattr(fused_lstm, "USE_FUSED", mode != "reference")
+
+
+def _meta_unroll(monkeypatch, mode, model, n, dtype, task_name="quadratic", length=20):
+    """Losses, surrogate and meta-gradient of one ``length``-step unroll with cell ``mode``."""
+    _use(monkeypatch, mode)
+    torch.manual_seed(0)
+    rule = RULES[model]().to(dtype)
+    with torch.no_grad():  # larger weights than the init: saturated gates, larger states
+        for p in rule.parameters():
+            p.mul_(3.0)
+    task = get_task(task_name)
+    seeds = list(range(n))
+    x0 = task.init(seeds, dtype=dtype)
+    stream = task.stream(seeds, "train")
+    traj = start_trajectory(rule, task, x0, stream)
+    surrogate, losses, new = unroll(rule, task, traj, stream, length)
+    grads = torch.autograd.grad(surrogate, list(rule.parameters()))
+    return surrogate.detach(), losses, new.x.detach(), grads
+
+
+@pytest.mark.parametrize("model", ["dm", "rnnprop"])
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", ["fused", "torch"])
+def test_unroll_meta_gradient_matches_reference(monkeypatch, model, n, dtype, mode):
+    ref = _meta_unroll(monkeypatch, "reference", model, n, dtype)
+    got = _meta_unroll(monkeypatch, mode, model, n, dtype)
+    rtol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(got[1], ref[1], rtol=rtol, atol=0)  # every step's loss
+    torch.testing.assert_close(got[2], ref[2], rtol=rtol, atol=rtol * 1e-2)  # final x
+    for g, r in zip(got[3], ref[3], strict=True):
+        scale = r.abs().max()
+        assert scale > 0
+        assert (g - r).abs().max() <= rtol * scale, (g - r).abs().max() / scale
+
+
+def test_unroll_on_mnist_mlp_matches_reference(monkeypatch):
+    """L2O-DM on the meta-training task itself (15,910 coordinates, several C++ tiles)."""
+    ref = _meta_unroll(monkeypatch, "reference", "dm", 1, torch.float32, "mlp-orig", 5)
+    got = _meta_unroll(monkeypatch, "fused", "dm", 1, torch.float32, "mlp-orig", 5)
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-4, atol=0)
+    for g, r in zip(got[3], ref[3], strict=True):
+        assert (g - r).abs().max() <= 1e-4 * r.abs().max()
+
+
+@pytest.mark.parametrize("model", ["dm", "rnnprop"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_no_grad_steps_match_reference(monkeypatch, model, dtype):
+    """Evaluation's use: 20 steps under ``torch.no_grad()`` give the same deltas and states."""
+    torch.manual_seed(1)
+    rule = RULES[model]().to(dtype)
+    grads = [
+        torch.randn(3, 1000, dtype=dtype) * 10.0 ** torch.randint(-6, 1, (1,)) for _ in range(20)
+    ]
+    results = {}
+    for mode in ("reference", "fused"):
+        _use(monkeypatch, mode)
+        state = rule.init(torch.zeros(3, 1000, dtype=dtype))
+        deltas = []
+        with torch.no_grad():
+            for g in grads:
+                delta, state = rule.step(g, state)
+                deltas.append(delta)
+        results[mode] = (torch.stack(deltas), state)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(
+        results["fused"][0], results["reference"][0], rtol=tol, atol=tol * 1e-2
+    )
+    for a, b in zip(results["fused"][1], results["reference"][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def _cell_args(k=3, hidden=4, n=2, p=5, scale=2.0):
+    torch.manual_seed(2)
+    x = torch.randn(k, n, p, dtype=torch.float64)
+    h = torch.randn(hidden, n, p, dtype=torch.float64)
+    c = torch.randn(hidden, n, p, dtype=torch.float64) * 3
+    w = torch.randn(k + hidden, 4 * hidden, dtype=torch.float64) * scale
+    b = torch.randn(4 * hidden, dtype=torch.float64) * scale
+    return [t.requires_grad_(True) for t in (x, h, c, w, b)]
+
+
+@pytest.mark.parametrize("mode", ["fused", "torch"])
+def test_cell_values_and_gradcheck(monkeypatch, mode):
+    _use(monkeypatch, mode)
+    x, h, c, w, b = _cell_args()
+    offset, scale = gate_constants(4)
+    offset, scale = offset.double(), scale.double()
+    ref = lstm_cell(x, h, c, w, b, offset, scale)
+    got = fused_lstm.fused_lstm_cell(x, h, c, w, b, offset, scale)
+    for a, r in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-13)
+
+    def cell(*args):
+        return fused_lstm.fused_lstm_cell(*args, offset, scale)
+
+    assert torch.autograd.gradcheck(cell, (x, h, c, w, b))
+
+
+@pytest.mark.parametrize("sigmoid_tanh", [True, False])
+def test_torch_formulation_gradcheck_both_formulas(sigmoid_tanh):
+    """The autograd function of PyTorch ops, also with the accelerators' plain tanh formulas."""
+    x, h, c, w, b = (t.detach().flatten(1) if t.dim() == 3 else t.detach() for t in _cell_args())
+    args = [x, h, c, w.t().contiguous(), b]
+    args = [t.requires_grad_(True) for t in args]
+
+    def cell(*a):
+        return fused_lstm.FusedLSTMCell.apply(*a, sigmoid_tanh)
+
+    assert torch.autograd.gradcheck(cell, tuple(args))
+
+
+def test_only_one_state_output_used(monkeypatch):
+    """A loss through ``h`` alone (``dc`` is None in the backward) still gets exact gradients."""
+    _use(monkeypatch, "fused")
+    x, h, c, w, b = _cell_args()
+    offset, scale = (t.double() for t in gate_constants(4))
+    ref = torch.autograd.grad(lstm_cell(x, h, c, w, b, offset, scale)[0].sum(), (x, h, c, w, b))
+    got = torch.autograd.grad(
+        fused_lstm.fused_lstm_cell(x, h, c, w, b, offset, scale)[0].sum(), (x, h, c, w, b)
+    )
+    for a, r in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-13)
+
+
+def test_compiled_step_matches_eager(monkeypatch):
+    """``torch.compile`` keeps the custom op as one call (the trainer compiles the step)."""
+    _use(monkeypatch, "fused")
+    torch.manual_seed(3)
+    rule = DMRule()
+    grad = torch.randn(2, 700)
+    state = rule.init(torch.zeros(2, 700))
+    eager = rule.step(grad, state)
+    compiled = torch.compile(rule.step, dynamic=False, fullgraph=True)(grad, state)
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-7)
+    loss_e = eager[0].square().sum()
+    loss_c = compiled[0].square().sum()
+    ge = torch.autograd.grad(loss_e, list(rule.parameters()))
+    gc = torch.autograd.grad(loss_c, list(rule.parameters()))
+    for a, r in zip(gc, ge, strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("model", ["dm", "rnnprop"])
+def test_evaluation_chunks_of_fused_rules_equal_one_piece(monkeypatch, model):
+    """``evaluate`` steps fused-cell rules in larger chunks; chunking still changes nothing."""
+    import numpy as np
+
+    import l2o.evaluation as ev
+    from l2o import evaluate
+
+    _use(monkeypatch, "fused")
+    torch.manual_seed(0)
+    rule = RULES[model]()
+    task = get_task("quadratic")
+    assert ev.chunk_coordinates(rule) == ev.FUSED_CHUNK_COORDINATES
+    whole = evaluate(rule, task, 15, [0, 1, 2])
+    monkeypatch.setattr(ev, "FUSED_CHUNK_COORDINATES", task.num_params)  # one instance each
+    pieces = evaluate(rule, task, 15, [0, 1, 2])
+    np.testing.assert_allclose(pieces.losses, whole.losses, rtol=1e-5)
+    _use(monkeypatch, "reference")
+    assert ev.chunk_coordinates(rule) == ev.CHUNK_COORDINATES
+
+
+def test_failed_build_warns_and_falls_back_to_pytorch(monkeypatch, tmp_path):
+    """No compiler (here: no source file): one warning, then the op's PyTorch formulation, which
+    gives the reference values and passes gradcheck."""
+    _use(monkeypatch, "fused")
+    monkeypatch.setattr(fused_lstm, "_SOURCE", tmp_path / "missing.cpp")
+    monkeypatch.setattr(fused_lstm, "_built", None)
+    with pytest.warns(UserWarning, match="building the fused LSTM kernel failed"):
+        assert not fused_lstm.cpu_kernel_available()
+    x, h, c, w, b = _cell_args()
+    offset, scale = (t.double() for t in gate_constants(4))
+    ref = lstm_cell(x, h, c, w, b, offset, scale)
+    got = fused_lstm.fused_lstm_cell(x, h, c, w, b, offset, scale)
+    for a, r in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-13)
+
+    def cell(*args):
+        return fused_lstm.fused_lstm_cell(*args, offset, scale)
+
+    assert torch.autograd.gradcheck(cell, (x, h, c, w, b))

@@ -68,11 +68,11 @@ def validate(
             subset = config.meta_objective.subset
             local = final_objectives(rule, task, horizon, mine, subset, device) if mine else None
             local = (local if mine else torch.zeros(0))[:, None]
-            score = reducer.gather_rows(local, len(seeds)).mean().item()
+            score = reducer.gather_rows(local, len(seeds)).reshape(-1).mean().item()
             return score if math.isfinite(score) else math.inf
         local = _trajectory_losses(rule, task, horizon, mine, device) if mine else None
-        local = local if mine else torch.zeros(0, horizon + 1)
-        full = reducer.gather_rows(local.float(), len(seeds))
+        local = local if mine else torch.zeros(0, horizon + 1, dtype=torch.float64)
+        full = reducer.gather_rows(local, len(seeds))
         return validation_score(full, config.unroll_length, config.validation.score)
     if config.validation.score is ValidationScore.FINAL_OBJECTIVE:
         return final_objective(rule, task, horizon, seeds, config.meta_objective.subset, device)
@@ -83,9 +83,10 @@ def validate(
 def _trajectory_losses(rule, task: Task, horizon: int, seeds: list[int], device) -> torch.Tensor:
     """``[n, horizon + 1]``: each seed's initial loss and its losses along the trajectory."""
     result = evaluate(rule, task, horizon, seeds, split=task.train_split, device=device)
-    return torch.cat(
+    full = torch.cat(
         [torch.as_tensor(result.initial_losses)[:, None], torch.as_tensor(result.losses)], 1
     )
+    return full.double()  # float64 (as evaluate returns): every rank gathers one dtype
 
 
 @torch.no_grad()

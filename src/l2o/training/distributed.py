@@ -167,6 +167,8 @@ def launch(args: Sequence[str], nproc: int, device: str = "cpu") -> None:
     Raises:
         RankFailure: a rank failed; the message names it (the agent has stopped the others).
     """
+    import logging
+
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -176,6 +178,8 @@ def launch(args: Sequence[str], nproc: int, device: str = "cpu") -> None:
             f"{torch.cuda.device_count()} visible"
         )
     os.environ["OMP_NUM_THREADS"] = str(threads_per_rank(nproc))
+    # the agent's own log lines (closing signals, failure tables) repeat what RankFailure says
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,

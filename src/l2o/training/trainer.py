@@ -148,21 +148,17 @@ class Trainer:
         self.plan = self.objectives = None
         if size is None:
             return
-        joint = c.imitation.enabled and c.imitation.mode is ImitationMode.JOINT
-        unsharded = (
-            "joint imitation"
-            if joint
-            else "the log-normalized objective"
-            if c.meta_objective.kind is Objective.LOG_NORMALIZED
-            else "a carried rule state"
-            if c.rule_state is RuleState.CARRY
-            else None
-        )
-        if unsharded:
-            raise TrainingError(
-                f"{unsharded} cannot be sharded across processes yet; train this recipe in one "
-                "process (--nproc 1, no --shard-size)"
-            )
+        unsharded = {
+            "joint imitation": c.imitation.enabled and c.imitation.mode is ImitationMode.JOINT,
+            "the log-normalized objective": c.meta_objective.kind is Objective.LOG_NORMALIZED,
+            "a carried rule state": c.rule_state is RuleState.CARRY,
+        }
+        for what, used in unsharded.items():
+            if used:
+                raise TrainingError(
+                    f"{what} cannot be sharded across processes yet; train this recipe in one "
+                    "process (--nproc 1, no --shard-size)"
+                )
         self.plan = ShardPlan.make(c.instances, size, self.reducer)
         self.objectives = [
             make_objective(c, self.task, self.teachers, self.device) for _ in self.plan.local

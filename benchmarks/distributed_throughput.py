@@ -10,7 +10,10 @@ Throughput is optimizee instance-steps per second of training, from the ``second
 ``metrics.jsonl`` over the epochs between the first (start-up) and the last (which includes the
 validation); the wall time of the whole command (process start, rendezvous) is reported beside it.
 
-    OMP_NUM_THREADS=2 python benchmarks/distributed_throughput.py [--epochs 8] [--rounds 3]
+    OMP_NUM_THREADS=2 python benchmarks/distributed_throughput.py [--epochs 4] [--rounds 3]
+        [--variants nproc2-1thread,nproc1-2threads]
+
+The JSON is rewritten after every round, so an interrupted run still leaves its finished rounds.
 """
 
 from __future__ import annotations
@@ -57,33 +60,39 @@ def run(name: str, spec: dict, args, tmp: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--instances", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     load_before = os.getloadavg()
-    results: dict[str, list[dict]] = {name: [] for name in VARIANTS}
+    results: dict[str, list[dict]] = {name: [] for name in args.variants.split(",")}
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(args.rounds):
-            for name, spec in VARIANTS.items():
-                results[name].append(run(name, spec, args, Path(tmp)))
+        for done in range(1, args.rounds + 1):
+            for name in results:
+                results[name].append(run(name, VARIANTS[name], args, Path(tmp)))
                 print(name, results[name][-1], file=sys.stderr)
+            report(results, args, load_before, done)
+
+
+def report(results: dict[str, list[dict]], args, load_before, rounds: int) -> None:
     rate = {n: median([r["instance_steps_per_s"] for r in rs]) for n, rs in results.items()}
+    ratios = {
+        f"{a}/{b}": rate[a] / rate[b] for a in rate for b in rate if a == "nproc2-1thread" != b
+    }
     write(
         "distributed_throughput-dm-mlp-orig-cpu",
         {
             "what": "L2O-DM meta-training on mlp-orig, eager, optimizee instance-steps per second",
             "instances": args.instances,
             "epochs": args.epochs,
-            "rounds": args.rounds,
+            "rounds": rounds,
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(),
             "median_instance_steps_per_s": rate,
             "median_wall_s": {n: median([r["wall_s"] for r in rs]) for n, rs in results.items()},
-            "ratio_nproc2_over_nproc1": rate["nproc2-1thread"] / rate["nproc1-2threads"],
-            "ratio_nproc2_over_nproc1_same_shards": rate["nproc2-1thread"]
-            / rate["nproc1-2threads-2shards"],
+            "ratios": ratios,
             "runs": results,
         },
         args.out,

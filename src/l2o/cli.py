@@ -200,9 +200,19 @@ def train(
         int | None, typer.Option(min=1, help="override the budget's validation cadence (epochs)")
     ] = None,
     list_recipes: Annotated[bool, typer.Option("--list", help="list the recipes and exit")] = False,
+    instances: Annotated[
+        int | None, typer.Option(min=1, help="optimizee instances per meta-step")
+    ] = None,
+    shard_size: Annotated[
+        int | None,
+        typer.Option(min=1, help="instances per shard of a meta-step (data parallelism)"),
+    ] = None,
+    nproc: Annotated[
+        int, typer.Option(min=1, help="local processes of data-parallel meta-training")
+    ] = 1,
 ) -> None:
     """Meta-train a learned optimizer with a named RECIPE at a budget."""
-    from l2o.training import RECIPES, Trainer, TrainingError, get_recipe
+    from l2o.training import RECIPES, Trainer, TrainingError, distributed, get_recipe
 
     if list_recipes or recipe is None:
         table = Table(
@@ -240,11 +250,44 @@ def train(
             compile=compile_step,
             num_epochs=epochs,
             evaluation_period=evaluation_period,
+            instances=instances,
+            shard_size=shard_size,
         )
         out = out or Path("runs") / f"{recipe}-{budget}"
+        again = f"continue from the last saved epoch with the same command and --resume ({out})"
+        if nproc > 1:  # start the ranks (torch's elastic agent), each running this command
+            if distributed.started_by_torchrun():
+                _fail("--nproc starts its own processes: under torchrun, leave it out")
+            distributed.resolve_shard_size(config.meta.shard_size, config.instances, nproc)
+            args = ["train", recipe, "--task", task, "--budget", budget, "--out", str(out)]
+            args += ["--seed", str(seed), "--device", device]
+            for flag, value in (
+                ("--epochs", epochs),
+                ("--evaluation-period", evaluation_period),
+                ("--instances", instances),
+                ("--shard-size", shard_size),
+            ):
+                args += [flag, str(value)] if value is not None else []
+            args += (
+                [] if compile_step is None else ["--compile" if compile_step else "--no-compile"]
+            )
+            args += ["--resume"] if resume else []
+            try:
+                distributed.launch(args, nproc, device)
+            except distributed.RankFailure as err:
+                _fail(f"{err}; {again}", code=1)
+            return
+        ranks = distributed.join_from_environment(device)
         trainer = Trainer(config, out, resume=resume)
     except (ValueError, TrainingError) as err:
         _fail(str(err))
+    if not ranks.main:  # rank 0 reports; the others only train
+        try:
+            trainer.run()
+        except distributed.RankFailure as err:
+            _fail(f"{err}; {again}", code=1)
+        distributed.leave()
+        return
     period = (
         "/".join(str(x) for x in config.stage_evaluation_periods) + " (per stage)"
         if config.curriculum and config.stage_evaluation_periods
@@ -316,7 +359,11 @@ def train(
                     f"[{event['seconds']:.0f} s, ETA {eta:.0f} s]"
                 )
 
-        summary = trainer.run(on_event)
+        try:
+            summary = trainer.run(on_event)
+        except distributed.RankFailure as err:
+            _fail(f"{err}; {again}", code=1)
+    distributed.leave()
     state = "interrupted" if summary.interrupted else "finished"
     console.print(
         f"{state} after {summary.epochs_done} epochs in {summary.seconds:.0f} s; best validation "

@@ -112,6 +112,12 @@ class MetaConfig:
         grad_clip_value: clip every meta-gradient entry to ``[-v, v]`` (L2O-Scale: 1e4).
         nonfinite: ``skip`` a NaN/inf meta-gradient and count it (L2O-DM/RNNprop here) or ``zero``
             its non-finite entries and step (L2O-Scale).
+        shard_size: split a meta-step's ``instances`` into shards of this many consecutive
+            instance seeds, backpropagated one shard at a time (the population mean still
+            normalised by ``instances``) and summed in shard order, so the result does not depend
+            on how many processes ran the shards (data-parallel meta-training,
+            :mod:`l2o.training.distributed`). ``None``: one shard, the whole population (the
+            single-process path); with several processes, one instance per shard.
     """
 
     optimizer: MetaOptimizer = MetaOptimizer.ADAM
@@ -119,10 +125,13 @@ class MetaConfig:
     grad_clip: float | None = None
     grad_clip_value: float | None = None
     nonfinite: NonFinite = NonFinite.SKIP
+    shard_size: int | None = None
 
     def __post_init__(self) -> None:
         self.optimizer = _choice(MetaOptimizer, "meta_optimizer", self.optimizer)
         self.nonfinite = _choice(NonFinite, "nonfinite", self.nonfinite)
+        if self.shard_size is not None:
+            _at_least_one(shard_size=self.shard_size)
         _positive_or_none(grad_clip=self.grad_clip, grad_clip_value=self.grad_clip_value)
 
 
@@ -300,7 +309,11 @@ FLAT_KEYS: dict[str, tuple[str | None, str]] = {
     "imitation_weight": ("imitation", "weight"),
     "imitation_optimizer": ("imitation", "optimizer"),
     "imitation_time_weight": ("imitation", "time_weight"),
+    "shard_size": ("meta", "shard_size"),
 }
+#: Settings added after the flat record's first version, written only when not at their default,
+#: so the record of a run that does not use them is exactly what earlier versions wrote.
+OMITTED_AT_DEFAULT: dict[str, Any] = {"shard_size": None}
 _SECTIONS: dict[str, type] = {
     "meta": MetaConfig,
     "meta_objective": ObjectiveConfig,
@@ -364,6 +377,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.rule_state = _choice(RuleState, "rule_state", self.rule_state)
         _at_least_one(num_epochs=self.num_epochs, instances=self.instances)
+        if self.meta.shard_size is not None and self.meta.shard_size > self.instances:
+            raise ValueError(
+                f"shard_size {self.meta.shard_size} is larger than instances {self.instances}; "
+                "a shard is a part of a meta-step's instances"
+            )
         for h in self.horizons:
             if h % self.unroll_length:
                 raise ValueError(
@@ -411,7 +429,8 @@ class TrainConfig:
 
     # -- the flat record ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """The flat record (plain JSON values) stored in cards, training states, config.json."""
+        """The flat record (plain JSON values) stored in cards, training states, config.json;
+        the settings of :data:`OMITTED_AT_DEFAULT` only when they are not at their default."""
         out = {}
         for key, (section, name) in FLAT_KEYS.items():
             value = getattr(getattr(self, section) if section else self, name)
@@ -419,13 +438,16 @@ class TrainConfig:
                 value = value.value
             elif isinstance(value, list | dict):
                 value = type(value)(value)
+            if key in OMITTED_AT_DEFAULT and value == OMITTED_AT_DEFAULT[key]:
+                continue
             out[key] = value
         return out
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
-        """Each flat setting's default value."""
-        return cls().to_dict()
+        """Each flat setting's default value (every setting, including those ``to_dict()``
+        omits at their default)."""
+        return {**cls().to_dict(), **OMITTED_AT_DEFAULT}
 
     @classmethod
     def from_flat(cls, **settings: Any) -> TrainConfig:

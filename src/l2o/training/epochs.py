@@ -12,6 +12,13 @@ the rule, one meta-step per unroll. What an unroll's meta-loss is depends on the
 An **off-policy imitation** epoch (:class:`OffPolicyImitation`) instead lets a teacher optimize
 the population and trains the rule to reproduce its steps. Everything random derives from
 ``(seed, epoch)``, so a resumed run repeats exactly what an uninterrupted one does.
+
+**Sharded** epochs (data-parallel meta-training, :mod:`l2o.training.distributed`): with a
+:class:`ShardPlan`, the population of every meta-step is split into shards of consecutive
+instance seeds, this rank runs its own shards, and each meta-step applies the shards' rows summed
+in shard order (:func:`sharded_on_policy_epoch`, :meth:`OffPolicyImitation.sharded_epoch`). The
+sum objective and off-policy imitation are sharded; the log objective, joint imitation and a
+carried rule state are not (the trainer refuses them with shards).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from l2o.training.config import (
     TimeWeight,
     TrainConfig,
 )
+from l2o.training.distributed import ShardReducer, shard_bounds
 from l2o.training.imitation import Teachers, TeacherStream, imitation_unroll, joint_unroll
 from l2o.training.metastep import MetaStep, StepOutcome
 from l2o.training.unroll import (
@@ -66,8 +74,19 @@ class Population:
     scale: Tensor | None
 
     @classmethod
-    def for_epoch(cls, task: Task, config: TrainConfig, epoch: int, device) -> Population:
+    def for_epoch(
+        cls,
+        task: Task,
+        config: TrainConfig,
+        epoch: int,
+        device,
+        part: tuple[int, int] | None = None,
+    ) -> Population:
+        """The epoch's population, or its instances ``part = (start, stop)`` (a shard: every
+        instance's data derives from its own seed, so a shard is exactly that part)."""
         seeds = epoch_seeds(config.seed, epoch, config.instances)
+        if part is not None:
+            seeds = seeds[part[0] : part[1]]
         x0 = task.init(seeds, device=device)
         stream = task.stream(seeds, task.train_split, device=device)
         scale = None
@@ -77,6 +96,36 @@ class Population:
             )
             scale = torch.exp((2 * u - 1) * config.scaling_bound).to(device)
         return cls(seeds, x0, stream, scale)
+
+
+@dataclass
+class ShardPlan:
+    """The shards of every meta-step (``bounds``) and those this rank runs (``local``)."""
+
+    bounds: list[tuple[int, int]]
+    local: range
+    instances: int
+    reducer: ShardReducer
+
+    @classmethod
+    def make(cls, instances: int, shard_size: int, reducer: ShardReducer) -> ShardPlan:
+        from l2o.training.distributed import block
+
+        bounds = shard_bounds(instances, shard_size)
+        return cls(bounds, block(len(bounds), reducer.ranks), instances, reducer)
+
+    def populations(self, task: Task, config: TrainConfig, epoch: int, device) -> list[Population]:
+        return [
+            Population.for_epoch(task, config, epoch, device, self.bounds[i]) for i in self.local
+        ]
+
+    def weights(self) -> list[float]:
+        """Each local shard's share of the population (its instances / ``instances``)."""
+        return [(self.bounds[i][1] - self.bounds[i][0]) / self.instances for i in self.local]
+
+    def reduce(self, rows: list[Tensor]) -> Tensor:
+        """Every shard's row summed in shard order (identical on every rank)."""
+        return self.reducer.sum_in_order(rows, len(self.bounds))
 
 
 @dataclass
@@ -235,6 +284,44 @@ def on_policy_epoch(
     return result
 
 
+def sharded_on_policy_epoch(
+    objectives: list[UnrollObjective],
+    rule,
+    step: Stepper,
+    task: Task,
+    plan: ShardPlan,
+    config: TrainConfig,
+    horizon: int,
+    meta_step: MetaStep,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    stage: int,
+) -> EpochResult:
+    """:func:`on_policy_epoch` over this rank's shards (one objective each): every unroll, each
+    shard contributes its weighted gradient row, and the meta-step applies the rows of all
+    shards summed in shard order; a non-finite meta-loss in any shard skips the step (and ends
+    the epoch) on every rank."""
+    device = next(rule.parameters()).device
+    pops = plan.populations(task, config, epoch, device)
+    trajs = [start_trajectory(rule, task, p.x0, p.stream, p.scale, p.seeds) for p in pops]
+    for objective, pop, traj in zip(objectives, pops, trajs, strict=True):
+        objective.begin(step, pop, traj, epoch, stage)
+    weights = plan.weights()
+    result = EpochResult([])
+    for _ in range(horizon // config.unroll_length):
+        rows = []
+        for k, objective in enumerate(objectives):
+            surrogate, meta_loss, trajs[k] = objective.unroll(trajs[k])
+            rows.append(meta_step.shard_row(surrogate, meta_loss, weights[k], optimizer))
+        outcome, (meta_loss,) = meta_step.apply_row(plan.reduce(rows), optimizer)
+        result.losses.append(meta_loss)
+        result.outcomes[outcome] += 1
+        trajs = [detach(t) for t in trajs]
+        if not math.isfinite(meta_loss):
+            break  # an optimizee diverged (on some rank): every rank stops the epoch here
+    return result
+
+
 class OffPolicyImitation:
     """Off-policy imitation epochs (METHOD.md 5.1/5.2): in a fraction of the epochs a teacher
     optimizes a fresh population over the current horizon and the rule, fed the teacher's
@@ -291,6 +378,69 @@ class OffPolicyImitation:
             state = detach_state(state)
             if not math.isfinite(result.losses[-1]):
                 break  # the teacher diverged: its steps teach nothing more
+        result.extra = dict(
+            imitation=True,
+            teacher=name,
+            imitation_loss=il_losses[-1],
+            mean_imitation_loss=sum(il_losses) / len(il_losses),
+        )
+        return result
+
+    def sharded_epoch(
+        self,
+        rule,
+        step: Stepper,
+        task: Task,
+        plan: ShardPlan,
+        epoch: int,
+        horizon: int,
+        count: int,
+        meta_step: MetaStep,
+        optimizer: torch.optim.Optimizer,
+    ) -> EpochResult:
+        """:meth:`epoch` over this rank's shards, one teacher trajectory per shard, the
+        meta-step applying every shard's row summed in shard order."""
+        c = self.config
+        teacher, name = self.teachers.get(count)
+        device = next(rule.parameters()).device
+        pops = plan.populations(task, c, epoch, device)
+        streams = [
+            TeacherStream(
+                teacher,
+                task,
+                p.x0,
+                p.stream,
+                p.seeds,
+                p.scale,
+                steps_per_label=c.imitation.teacher_steps,
+            )
+            for p in pops
+        ]
+        states = [
+            init_rule_state(rule, t.x, task, p.seeds) for t, p in zip(streams, pops, strict=True)
+        ]
+        weights = plan.weights()
+        il_losses: list[float] = []
+        result = EpochResult([])
+        for _ in range(horizon // c.unroll_length):
+            rows = []
+            for k, teachers in enumerate(streams):
+                steps = teachers.next(c.unroll_length)
+                loss, per_instance, states[k] = imitation_unroll(
+                    step, steps, states[k], self.time_weight
+                )
+                teacher_loss = steps.losses.sum(0).mean().item()
+                value = per_instance.mean().item()
+                rows.append(
+                    meta_step.shard_row(loss, value, weights[k], optimizer, stats=[teacher_loss])
+                )
+            outcome, (value, teacher_loss) = meta_step.apply_row(plan.reduce(rows), optimizer)
+            il_losses.append(value)
+            result.losses.append(teacher_loss)
+            result.outcomes[outcome] += 1
+            states = [detach_state(s) for s in states]
+            if not math.isfinite(teacher_loss):
+                break
         result.extra = dict(
             imitation=True,
             teacher=name,

@@ -5,15 +5,20 @@ A meta-step has two halves, kept apart so that a data-parallel trainer can reduc
 population, or of one shard of its instances) into the rule's ``.grad``; :meth:`MetaStep.apply`
 then treats the (reduced) gradient as the configuration says (a global finite check: skip the step
 or zero the non-finite entries; clipping) and steps the meta-optimizer.
+
+The sharded (data-parallel) meta-step, :mod:`l2o.training.distributed`, uses the same halves
+through :meth:`MetaStep.shard_row` (one shard's weighted gradient and statistics as one flat row)
+and :meth:`MetaStep.apply_row` (the rows' sum, in shard order, written back and applied).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from enum import StrEnum
 
 import torch
+from torch import Tensor
 
 from l2o.training.config import MetaConfig, MetaOptimizer, NonFinite, TrainConfig
 
@@ -55,6 +60,7 @@ class MetaStep:
     def __init__(self, params: Iterable[torch.nn.Parameter], meta: MetaConfig) -> None:
         self.params = list(params)
         self.meta = meta
+        self.used: list[bool] | None = None  # which weights a shard's backward reaches
 
     def compute_meta_gradient(
         self, surrogate: torch.Tensor, meta_loss: float, optimizer: torch.optim.Optimizer
@@ -89,6 +95,51 @@ class MetaStep:
             torch.nn.utils.clip_grad_norm_(self.params, self.meta.grad_clip)
         optimizer.step()
         return StepOutcome.ZEROED if zeroed else StepOutcome.STEP
+
+    def shard_row(
+        self,
+        surrogate: Tensor,
+        meta_loss: float,
+        weight: float,
+        optimizer: torch.optim.Optimizer,
+        stats: Sequence[float] = (),
+    ) -> Tensor:
+        """One shard's contribution to a sharded meta-step: ``[flattened gradient of weight *
+        surrogate, weight * meta_loss, weight * stats...]`` (``weight``: the shard's share of the
+        population). A non-finite ``meta_loss`` is not backpropagated; its row has a zero
+        gradient and a NaN meta-loss, so the summed meta-loss is NaN and every rank skips."""
+        optimizer.zero_grad(set_to_none=True)
+        values = torch.tensor([meta_loss, *stats], dtype=torch.float64) * weight
+        if math.isfinite(meta_loss):
+            (surrogate * weight).backward()
+            self.used = [p.grad is not None for p in self.params]
+            grads = [
+                p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel())
+                for p in self.params
+            ]
+        else:
+            values[0] = math.nan
+            grads = [p.new_zeros(p.numel()) for p in self.params]
+        optimizer.zero_grad(set_to_none=True)
+        grads.append(values.to(self.params[0]))
+        return torch.cat(grads)
+
+    def apply_row(
+        self, total: Tensor, optimizer: torch.optim.Optimizer
+    ) -> tuple[StepOutcome, list[float]]:
+        """Write the summed rows' gradient into ``.grad`` and :meth:`apply` it (or skip when the
+        summed meta-loss is not finite); returns the outcome and ``[meta_loss, *stats]``."""
+        sizes = [p.numel() for p in self.params]
+        values = total[sum(sizes) :].tolist()
+        optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(values[0]):
+            return StepOutcome.SKIPPED, values
+        used = self.used or [True] * len(self.params)
+        grads = total[: sum(sizes)].split(sizes)
+        for p, g, keep in zip(self.params, grads, used, strict=True):
+            if keep:
+                p.grad = g.reshape(p.shape).clone()
+        return self.apply(optimizer), values
 
     def __call__(
         self, surrogate: torch.Tensor, meta_loss: float, optimizer: torch.optim.Optimizer

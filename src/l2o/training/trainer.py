@@ -14,10 +14,18 @@ horizon of each epoch and what a validation means: save, advance, stop) and the 
 Everything random in an epoch derives from ``(seed, epoch)``, and the training state is saved
 atomically after every epoch, so a killed run resumed with ``resume=True`` continues exactly as
 if it had never stopped.
+
+**Data parallelism** (:mod:`l2o.training.distributed`): in a ``torch.distributed`` process group
+(``l2o train --nproc N`` or ``torchrun``), or with a ``shard_size``, the instances of every
+meta-step are split into shards (:class:`~l2o.training.epochs.ShardPlan`), each rank runs its own
+and every rank applies the same reduced meta-gradient, so every decision (skip, curriculum, best)
+is the same on every rank. Only rank 0 writes the run directory; the best weights of the run and
+of each curriculum stage are also kept in memory, so no rank ever reads a file rank 0 is writing.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,16 +41,20 @@ from l2o.training.config import (
     ImitationMode,
     ImitationOptimizer,
     NonFinite,
+    Objective,
     RuleState,
     TrainConfig,
 )
 from l2o.training.curriculum import Action, Curriculum, CurriculumState
+from l2o.training.distributed import ShardReducer, current, resolve_shard_size
 from l2o.training.epochs import (
     OffPolicyImitation,
     Population,
+    ShardPlan,
     epoch_record,
     make_objective,
     on_policy_epoch,
+    sharded_on_policy_epoch,
 )
 from l2o.training.imitation import Teachers, freeze
 from l2o.training.metastep import MetaStep, StepOutcome, make_meta_optimizer
@@ -107,9 +119,50 @@ class Trainer:
         self.off_policy = OffPolicyImitation(c, self.teachers) if alternate else None
         self.meta_step = MetaStep(self.rule.parameters(), c.meta)
         self._make_optimizers()
-        if (state := self.run_dir.open(c, resume)) is not None:
+        self.ranks = current()
+        self.reducer = ShardReducer(self.ranks, self.device)
+        # best weights of the run and of each curriculum stage, also kept in memory
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.stage_best_weights: dict[int, dict[str, torch.Tensor]] = {}
+        state = self.run_dir.open(c, resume)
+        self._make_shard_plan(state)
+        if state is not None:
             self._restore(state)
         self.step_fn = CompiledStep(self.rule.step) if c.compile else self.rule.step
+
+    def _make_shard_plan(self, state: dict[str, Any] | None) -> None:
+        """Shard the meta-steps when a shard size is set or several ranks run (a resumed run
+        without a shard size keeps the one it was saved with)."""
+        c = self.config
+        if state is not None and c.meta.shard_size is None:
+            saved = json.loads(state["config"]).get("shard_size")
+            if saved is not None:
+                self.config = c = c.replace(shard_size=saved)
+        try:
+            size = resolve_shard_size(c.meta.shard_size, c.instances, self.ranks.world)
+        except ValueError as err:
+            raise TrainingError(str(err)) from None
+        if size != c.meta.shard_size:
+            self.config = c = c.replace(shard_size=size)
+        self.meta_step.meta = c.meta
+        self.plan = self.objectives = None
+        if size is None:
+            return
+        unsharded = {
+            "joint imitation": c.imitation.enabled and c.imitation.mode is ImitationMode.JOINT,
+            "the log-normalized objective": c.meta_objective.kind is Objective.LOG_NORMALIZED,
+            "a carried rule state": c.rule_state is RuleState.CARRY,
+        }
+        for what, used in unsharded.items():
+            if used:
+                raise TrainingError(
+                    f"{what} cannot be sharded across processes yet; train this recipe in one "
+                    "process (--nproc 1, no --shard-size)"
+                )
+        self.plan = ShardPlan.make(c.instances, size, self.reducer)
+        self.objectives = [
+            make_objective(c, self.task, self.teachers, self.device) for _ in self.plan.local
+        ]
 
     def _make_optimizers(self) -> None:
         c = self.config
@@ -125,7 +178,8 @@ class Trainer:
     def _restore(self, state: dict[str, Any]) -> None:
         restore_state(self, state)
         self._load_self_teacher()
-        self.run_dir.truncate_metrics(self.epoch)
+        if self.ranks.main:
+            self.run_dir.truncate_metrics(self.epoch)
 
     def card(self) -> dict[str, Any]:
         return rule_card(self)
@@ -149,7 +203,13 @@ class Trainer:
         self.teachers.self_teacher = None
         if not self.teachers.needs_self or self.stage.stage == 0:
             return
-        path = self.run_dir.stage_best(self.stage.stage - 1)
+        weights = self.stage_best_weights.get(self.stage.stage - 1)
+        if weights is not None:
+            teacher = freeze(self.rule)
+            teacher.load_state_dict(weights)
+            self.teachers.self_teacher = teacher
+            return
+        path = self.run_dir.stage_best(self.stage.stage - 1)  # saved before a resume
         if not path.exists():
             raise TrainingError(
                 f"cannot resume {self.out}: the self-improving teacher {path} is missing"
@@ -164,8 +224,10 @@ class Trainer:
     def train_epoch(self) -> dict[str, Any]:
         """One epoch on the current horizon: an off-policy imitation epoch or an on-policy one."""
         horizon, stage = self.horizon, self.stage.stage
-        pop = Population.for_epoch(self.task, self.config, self.epoch, self.device)
-        if self.imitation_epoch_now():
+        if self.plan is not None:
+            result = self._sharded_epoch(horizon, stage)
+        elif self.imitation_epoch_now():
+            pop = Population.for_epoch(self.task, self.config, self.epoch, self.device)
             result = self.off_policy.epoch(
                 self.rule,
                 self.step_fn,
@@ -178,6 +240,7 @@ class Trainer:
             )
             self.imitation_epochs += 1
         else:
+            pop = Population.for_epoch(self.task, self.config, self.epoch, self.device)
             result = on_policy_epoch(
                 self.objective,
                 self.rule,
@@ -199,19 +262,61 @@ class Trainer:
         stage_index = stage if self.curriculum is not None else None
         return epoch_record(self.config, self.epoch + 1, horizon, stage_index, result)
 
+    def _sharded_epoch(self, horizon: int, stage: int):
+        """An epoch over this rank's shards (every rank applies the same meta-steps)."""
+        if self.imitation_epoch_now():
+            result = self.off_policy.sharded_epoch(
+                self.rule,
+                self.step_fn,
+                self.task,
+                self.plan,
+                self.epoch,
+                horizon,
+                self.imitation_epochs,
+                self.meta_step,
+                self.imitation_opt,
+            )
+            self.imitation_epochs += 1
+            return result
+        return sharded_on_policy_epoch(
+            self.objectives,
+            self.rule,
+            self.step_fn,
+            self.task,
+            self.plan,
+            self.config,
+            horizon,
+            self.meta_step,
+            self.meta_opt,
+            self.epoch,
+            stage,
+        )
+
     def validate(self, horizon: int | None = None) -> float:
         """Score of the current rule on fresh validation populations (lower is better)."""
         horizon = horizon or self.config.horizon
-        return validate(self.rule, self.task, self.config, horizon, self.device)
+        return validate(self.rule, self.task, self.config, horizon, self.device, self.reducer)
 
-    def save_best(self) -> None:
-        save_rule(self.run_dir.best, self.rule, self.card())
+    def _weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.rule.state_dict().items()}
+
+    def save_best(self, stage: int | None = None) -> None:
+        """Keep the current weights as the run's best (and ``stage``'s); rank 0 saves them."""
+        self.best_weights = self._weights()
+        if stage is not None:
+            self.stage_best_weights[stage] = self.best_weights
+        if self.ranks.main:
+            if stage is not None:
+                save_rule(self.run_dir.stage_best(stage), self.rule, self.card())
+            save_rule(self.run_dir.best, self.rule, self.card())
 
     def run(self, callback: Callable[[dict[str, Any]], None] | None = None) -> TrainSummary:
         """Train until ``num_epochs`` (or the curriculum ends); Ctrl-C stops after saving the
         last completed epoch."""
         c = self.config
-        self.run_dir.start(c)
+        main = self.ranks.main
+        if main:
+            self.run_dir.start(c)
         emit = callback or (lambda event: None)
         interrupted = False
         try:
@@ -224,10 +329,12 @@ class Trainer:
                 self.seconds += time.perf_counter() - start
                 record["seconds"] = round(self.seconds, 3)
                 for event in [*events, record]:
-                    self.run_dir.log(event)
+                    if main:
+                        self.run_dir.log(event)
                     if event is not record:
                         emit(event)
-                self.run_dir.save_state(self._state())
+                if main:
+                    self.run_dir.save_state(self._state())
                 emit(record)
         except KeyboardInterrupt:
             interrupted = True
@@ -268,8 +375,7 @@ class Trainer:
         improved = action is Action.IMPROVED
         if improved:
             self.best_score, self.best_epoch = score, self.epoch
-            save_rule(self.run_dir.stage_best(stage), self.rule, self.card())
-            self.save_best()
+            self.save_best(stage)
         ongoing = not self.stage.done and action is not Action.ADVANCE
         record.update(
             stage=stage,
@@ -282,9 +388,12 @@ class Trainer:
         # The stage is over: go back to its best rule (weights only, METHOD.md 4.2); when
         # training ends, to the run's best (the last improvement saved).
         advance = action is Action.ADVANCE
+        weights = self.stage_best_weights.get(stage) if advance else self.best_weights
         path = self.run_dir.stage_best(stage) if advance else self.run_dir.best
-        if path.exists():
-            self.rule.load_state_dict(load_rule_checkpoint(path, device=self.device).state_dict())
+        if weights is None and path.exists():  # saved before a resume
+            weights = load_rule_checkpoint(path, device=self.device).state_dict()
+        if weights is not None:
+            self.rule.load_state_dict(weights)
         if not advance:
             end = {"type": "end", "epoch": self.epoch, "stage": self.stage.stage}
             return [record, {**end, "reason": self.stage.reason}]

@@ -6,6 +6,11 @@ seeds are the same at every validation (common random numbers), so scores are co
 far from every training seed. :func:`validation_due` is the cadence (with a curriculum, counted
 from the start of the current stage); what a score means next (save, advance, stop) is the
 :class:`~l2o.training.curriculum.Curriculum`'s decision.
+
+With several ranks (data-parallel meta-training), each rank runs a contiguous block of the
+validation seeds and the per-seed losses are gathered in seed order, so every rank computes the
+same score. A seed's losses do not depend on the rest of its population, so this is the score a
+single process computes.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from l2o.evaluation import evaluate
 from l2o.tasks.base import Task
 from l2o.training.config import TrainConfig, ValidationScore
 from l2o.training.curriculum import CurriculumState
+from l2o.training.distributed import ShardReducer, block
 from l2o.training.unroll import ObjectiveSubsets, start_trajectory, unroll
 
 #: Validation seeds are ``VALIDATION_SEED_BASE + i`` (training seeds stay below 2**39).
@@ -45,16 +51,42 @@ def validation_score(losses_with_initial, unroll_length: int, kind: ValidationSc
 
 
 @torch.no_grad()
-def validate(rule, task: Task, config: TrainConfig, horizon: int, device) -> float:
-    """Score of ``rule`` on the validation populations over ``horizon`` steps."""
+def validate(
+    rule,
+    task: Task,
+    config: TrainConfig,
+    horizon: int,
+    device,
+    reducer: ShardReducer | None = None,
+) -> float:
+    """Score of ``rule`` on the validation populations over ``horizon`` steps (with
+    ``reducer``, this rank's block of the seeds, gathered: the same score on every rank)."""
     seeds = validation_seeds(config.validation.epochs)
+    if reducer is not None and reducer.ranks.world > 1:
+        mine = [seeds[i] for i in block(len(seeds), reducer.ranks)]
+        if config.validation.score is ValidationScore.FINAL_OBJECTIVE:
+            subset = config.meta_objective.subset
+            local = final_objectives(rule, task, horizon, mine, subset, device) if mine else None
+            local = (local if mine else torch.zeros(0))[:, None]
+            score = reducer.gather_rows(local, len(seeds)).reshape(-1).mean().item()
+            return score if math.isfinite(score) else math.inf
+        local = _trajectory_losses(rule, task, horizon, mine, device) if mine else None
+        local = local if mine else torch.zeros(0, horizon + 1, dtype=torch.float64)
+        full = reducer.gather_rows(local, len(seeds))
+        return validation_score(full, config.unroll_length, config.validation.score)
     if config.validation.score is ValidationScore.FINAL_OBJECTIVE:
         return final_objective(rule, task, horizon, seeds, config.meta_objective.subset, device)
+    full = _trajectory_losses(rule, task, horizon, seeds, device)
+    return validation_score(full, config.unroll_length, config.validation.score)
+
+
+def _trajectory_losses(rule, task: Task, horizon: int, seeds: list[int], device) -> torch.Tensor:
+    """``[n, horizon + 1]``: each seed's initial loss and its losses along the trajectory."""
     result = evaluate(rule, task, horizon, seeds, split=task.train_split, device=device)
     full = torch.cat(
         [torch.as_tensor(result.initial_losses)[:, None], torch.as_tensor(result.losses)], 1
     )
-    return validation_score(full, config.unroll_length, config.validation.score)
+    return full.double()  # float64 (as evaluate returns): every rank gathers one dtype
 
 
 @torch.no_grad()
@@ -65,14 +97,22 @@ def final_objective(
     optimizees and a fresh rule state per seed, ``horizon - 1`` updates on training minibatches,
     then the meta-objective ``f_D`` (the last entry of the last unroll's list) on a subset drawn
     from the validation seeds' own stream; the mean over seeds."""
+    score = final_objectives(rule, task, horizon, seeds, subset_size, device).mean().item()
+    return score if math.isfinite(score) else math.inf
+
+
+@torch.no_grad()
+def final_objectives(
+    rule, task: Task, horizon: int, seeds: list[int], subset_size: int, device
+) -> torch.Tensor:
+    """``[n]``: each seed's ``f_D`` of :func:`final_objective`."""
     x0 = task.init(seeds, device=device)
     stream = task.stream(seeds, task.train_split, device=device)
     traj = start_trajectory(rule, task, x0, stream, None, seeds)
     if horizon > 1:
         _, _, traj = unroll(rule, task, traj, stream, horizon - 1)
     subset = ObjectiveSubsets(task, seeds, task.train_split, subset_size, device)
-    score = task.loss(traj.x, subset.next()).mean().item()
-    return score if math.isfinite(score) else math.inf
+    return task.loss(traj.x, subset.next())
 
 
 def validation_due(config: TrainConfig, epoch: int, stage: CurriculumState | None) -> bool:

@@ -92,14 +92,21 @@ class Registration:
     def register(self, threads: int) -> None:
         """Record this process as running with ``threads`` threads (best effort)."""
         try:
-            folder = _registry_dir()
-            folder.mkdir(mode=0o700, exist_ok=True)
-            self.path = folder / f"{os.getpid()}.threads"
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-            os.write(self._fd, f"{threads}\n".encode())
+            if self._fd is None:  # once per process; a later job of the same process rewrites it
+                folder = _registry_dir()
+                folder.mkdir(mode=0o700, exist_ok=True)
+                path = folder / f"{os.getpid()}.threads"
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    os.close(fd)
+                    raise
+                self.path, self._fd = path, fd
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{threads}\n".encode(), 0)
         except OSError:
-            self.path, self._fd = None, None
+            pass  # best effort: without a registration the others just do not count this job
 
 
 REGISTRATION = Registration()

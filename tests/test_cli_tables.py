@@ -55,11 +55,13 @@ def in_pipe(*args):
 def assert_fits(text, columns=80):
     for line in text.splitlines():
         assert len(line) <= columns, line
-    assert "…" not in text and "..." not in text.replace("..0", "")
+    assert "…" not in text
 
 
 @pytest.mark.parametrize(
-    "args", [["train", "--list"], ["pretrained"], ["tasks"], ["--help"], ["evaluate", "--help"]]
+    "args",
+    [["train", "--list"], ["pretrained"], ["tasks"], ["--help"], ["evaluate", "--help"]]
+    + [[c, "--help"] for c in ("train", "reproduce", "compare", "pretrained", "demo")],
 )
 def test_a_terminal_80_columns_wide_shows_everything_uncut(args):
     text = in_terminal(*args)

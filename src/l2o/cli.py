@@ -36,6 +36,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: wraps at word boundaries, never cuts an option name
     help="l2o: train and evaluate learned optimizers (Chen et al., NeurIPS 2020).",
 )
 console = Console(stderr=True, soft_wrap=True)
@@ -376,9 +377,20 @@ def _progress() -> Progress:
 
 
 def run_evaluation(
-    rule_spec, task_name, steps, seeds, lr, device, task_options, out, label=None, compile=True
+    rule_spec,
+    task_name,
+    steps,
+    seeds,
+    lr,
+    device,
+    task_options,
+    out,
+    label=None,
+    compile=True,
+    threads=None,
 ):
-    """Evaluate one rule on one task with a progress bar; write the result files into ``out``."""
+    """Evaluate one rule on one task with a progress bar; write the result files into ``out``.
+    The settings are checked first; then the CPU threads are set (``threads``) and printed."""
     from l2o.evaluation import evaluate
     from l2o.registry import load_rule
     from l2o.report import save_eval
@@ -389,9 +401,14 @@ def run_evaluation(
     try:
         task = get_task(task_name, **task_options)
         rule = load_rule(rule_spec, lr=lr)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except TypeError as err:  # a card's hyperparameters the model does not take
+        _fail(
+            f"{rule_spec}: cannot build the rule ({err}); re-create the checkpoint with l2o train"
+        )
+    except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
     _check_memory(rule, task, steps, seeds, device)
+    _threads(threads)
     seed_list = list(range(seeds))
     with _progress() as bar:
         job = bar.add_task(f"{label or rule_spec} on {task_name}", total=steps, info="")
@@ -510,7 +527,7 @@ def evaluate_cmd(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option(help="output directory (default: runs/eval/RULE-TASK-SEEDSxSTEPS[-lrLR...])"),
+        typer.Option(help="output directory (default: under runs/eval, named by every setting)"),
     ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     task_option: Annotated[
@@ -539,9 +556,8 @@ def evaluate_cmd(
     label = label or (rule if lr is None else f"{rule} (lr {lr:g})")
     out = out or default_eval_out(rule, task, steps, seeds, lr, options, device)
     _hold_out(out, done=Path(out) / "summary.json", force=force)
-    _threads(threads)
     summary = run_evaluation(
-        rule, task, steps, seeds, lr, device, options, out, label, compile_step
+        rule, task, steps, seeds, lr, device, options, out, label, compile_step, threads
     )
     if as_json:
         json_print(summary)
@@ -685,7 +701,7 @@ def train(
     budget: Annotated[str, typer.Option(help="demo | cpu | paper")] = "cpu",
     out: Annotated[
         Path | None,
-        typer.Option(help="output directory (default: runs/RECIPE-BUDGET[-settings])"),
+        typer.Option(help="output directory (default: runs/RECIPE-BUDGET plus changed settings)"),
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
     seed: Annotated[int, typer.Option(help="run seed")] = 0,

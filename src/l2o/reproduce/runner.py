@@ -437,7 +437,8 @@ def run_plan(
     if not total:
         log("every job is already done")
         return statuses
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    budget = os.environ.get("L2O_THREADS", "")  # the command's thread choice (l2o.threads)
+    threads = max(1, (int(budget) if budget.isdigit() else os.cpu_count() or 1) // jobs)
     log(f"{total} jobs to run ({len(plan.jobs) - total} already done), {jobs} at a time")
     start = time.perf_counter()
     running: dict[Future, str] = {}

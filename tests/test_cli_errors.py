@@ -81,9 +81,11 @@ def _checkpoint_with_card(path, card):
 
 def test_a_card_of_the_wrong_shape_is_a_clear_error(tmp_path):
     bad = _checkpoint_with_card(tmp_path / "list.safetensors", [1, 2])
-    fails_clearly(["evaluate", bad, *QUICK], "card is a JSON list", "re-create")
+    fails_clearly(
+        ["evaluate", bad, *QUICK], "card is not a JSON object naming the model", "re-create"
+    )
     bad = _checkpoint_with_card(tmp_path / "nomodel.safetensors", {"model": 5})
-    fails_clearly(["evaluate", bad, *QUICK], "names no model")
+    fails_clearly(["evaluate", bad, *QUICK], "not a JSON object naming the model", "nomodel")
     bad = _checkpoint_with_card(tmp_path / "hp.safetensors", {"model": "dm", "hyperparameters": 3})
     fails_clearly(["evaluate", bad, *QUICK], "'hyperparameters' is not an object")
 
@@ -91,7 +93,7 @@ def test_a_card_of_the_wrong_shape_is_a_clear_error(tmp_path):
 def test_a_card_the_model_cannot_take_is_a_clear_error(tmp_path):
     card = {"model": "dm", "hyperparameters": {"no_such_setting": 1}}
     bad = _checkpoint_with_card(tmp_path / "odd.safetensors", card)
-    fails_clearly(["evaluate", bad, *QUICK], "cannot build the rule", "odd.safetensors")
+    fails_clearly(["evaluate", bad, *QUICK], "do not build a 'dm' rule", "odd.safetensors")
 
 
 def test_unexpected_failures_are_short_and_debug_shows_the_traceback(monkeypatch, tmp_path):

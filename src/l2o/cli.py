@@ -244,16 +244,12 @@ def _check_card(spec: str) -> None:
         return
     from l2o.checkpoint import read_card
 
-    card = read_card(path)
-    problem = None
-    if not isinstance(card, dict):
-        problem = f"its card is a JSON {type(card).__name__}, not an object"
-    elif not isinstance(card.get("model"), str):
-        problem = "its card names no model ('model' is missing or not a string)"
-    elif not isinstance(card.get("hyperparameters"), (dict, type(None))):
-        problem = "its card's 'hyperparameters' is not an object"
-    if problem:
-        _fail(f"{path} is not a usable l2o checkpoint: {problem}; re-create it with `l2o train`")
+    card = read_card(path)  # refuses a card that is not an object naming the model
+    if not isinstance(card.get("hyperparameters"), (dict, type(None))):
+        _fail(
+            f"{path} is not a usable l2o checkpoint: its card's 'hyperparameters' is not an "
+            "object; re-create it with `l2o train`"
+        )
 
 
 def available_memory(device: str) -> int | None:

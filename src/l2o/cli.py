@@ -200,6 +200,22 @@ def train(
         int | None, typer.Option(min=1, help="override the budget's validation cadence (epochs)")
     ] = None,
     list_recipes: Annotated[bool, typer.Option("--list", help="list the recipes and exit")] = False,
+    instances: Annotated[
+        int | None, typer.Option(min=1, help="optimizee instances per meta-step (default 1)")
+    ] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            help="train several seeds in parallel processes into OUT/seed-S and write "
+            "OUT/summary.json: a count (3 = seeds 0,1,2) or a list (0,1,5)"
+        ),
+    ] = None,
+    jobs: Annotated[
+        int | None, typer.Option(min=1, help="with --seeds: trainings at a time (default: cores)")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="with --seeds: CPU threads per training")
+    ] = None,
 ) -> None:
     """Meta-train a learned optimizer with a named RECIPE at a budget."""
     from l2o.training import RECIPES, Trainer, TrainingError, get_recipe
@@ -231,16 +247,22 @@ def train(
         if recipe is None and not list_recipes:
             raise typer.Exit(2)
         return
+    overrides = dict(
+        task=task,
+        device=device,
+        compile=compile_step,
+        num_epochs=epochs,
+        evaluation_period=evaluation_period,
+        instances=instances,
+    )
+    if seeds is not None:  # several trainings, one process each (l2o.multiseed)
+        from l2o.multiseed import train_command
+
+        out = out or Path("runs") / f"{recipe}-{budget}"
+        args = (recipe, budget, out, seeds, resume, jobs, threads, overrides, console, _progress)
+        raise typer.Exit(train_command(*args))
     try:
-        config = get_recipe(recipe).config(
-            budget,
-            task=task,
-            seed=seed,
-            device=device,
-            compile=compile_step,
-            num_epochs=epochs,
-            evaluation_period=evaluation_period,
-        )
+        config = get_recipe(recipe).config(budget, seed=seed, **overrides)
         out = out or Path("runs") / f"{recipe}-{budget}"
         trainer = Trainer(config, out, resume=resume)
     except (ValueError, TrainingError) as err:

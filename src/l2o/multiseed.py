@@ -23,7 +23,7 @@ import statistics
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -267,10 +267,8 @@ def _stop(running: dict[int, Any], drain, reap) -> None:
             proc.kill()
     for proc in running.values():
         proc.join()
-    try:
+    with suppress(KeyboardInterrupt):
         reap()
-    except KeyboardInterrupt:
-        pass
 
 
 # -- the command --------------------------------------------------------------------------------
@@ -326,8 +324,7 @@ def train_command(
     start = time.perf_counter()
     with progress() as bar:
         rows = {
-            s: bar.add_task(f"seed {s}", total=configs[s].num_epochs, info="waiting")
-            for s in seeds
+            s: bar.add_task(f"seed {s}", total=configs[s].num_epochs, info="waiting") for s in seeds
         }
         best: dict[int, str] = {}
 

@@ -373,14 +373,32 @@ def reproduce(
         str | None, typer.Option(help="only these of the figure's tasks, comma-separated")
     ] = None,
     plan_only: Annotated[bool, typer.Option("--plan", help="print the plan and exit")] = False,
+    backend: Annotated[
+        str, typer.Option(help="local (process pool) | ray (pip install 'l2o[ray]')")
+    ] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="with --backend ray: a cluster address, e.g. auto")
+    ] = None,
+    max_retries: Annotated[
+        int, typer.Option(min=0, help="with --backend ray: retries of a failed job")
+    ] = 2,
+    device: Annotated[str, typer.Option(help="cpu or cuda (one GPU per job)")] = "cpu",
 ) -> None:
     """Reproduce a figure of the paper: meta-train what it needs on mlp-orig, evaluate every
     optimizer on the figure's tasks beside grid-tuned Adam, RMSprop, SGD and NAG, and write the
     figure (PNG) and a markdown report. Re-running resumes: finished jobs are kept."""
-    from l2o.reproduce.runner import describe_plan, make_plan, run_plan, write_report
+    import rich.markup
+
+    from l2o.reproduce.runner import check_backend, describe_plan, make_plan, run_plan, write_report
 
     out = out or Path("runs") / f"reproduce-{budget}"
     try:
+        check_backend(backend)
+    except ValueError as err:  # the fix names an extra in brackets: no rich markup
+        _fail(rich.markup.escape(str(err)))
+    try:
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: CUDA is not available; use --device cpu")
         plan = make_plan(
             [figure],
             budget,
@@ -399,10 +417,15 @@ def reproduce(
     _check_data(plan, out)
     start = time.perf_counter()
     interrupted = False
+    options = dict(backend=backend, device=device, address=address, max_retries=max_retries)
     try:
-        statuses = run_plan(plan, jobs=jobs, log=lambda m: console.print(m, highlight=False))
+        statuses = run_plan(
+            plan, jobs=jobs, log=lambda m: console.print(m, highlight=False), **options
+        )
     except KeyboardInterrupt:
         interrupted, statuses = True, {}
+    except ValueError as err:  # the backend could not start (e.g. no Ray cluster at --address)
+        _fail(rich.markup.escape(str(err)))
     paths = write_report(plan, statuses, time.perf_counter() - start)
     for path in paths:
         console.print(f"wrote {path}")

@@ -286,6 +286,8 @@ def train_command(
 ) -> int:
     """What ``l2o train RECIPE --seeds ...`` does; returns the exit status (0: every seed
     finished; 1: a seed failed; 130: interrupted; 2: bad input, before anything ran)."""
+    from rich.markup import escape
+
     from l2o.report import atomic_write_json
     from l2o.training import get_recipe
     from l2o.training.trainer import TRAIN_STATE
@@ -294,7 +296,7 @@ def train_command(
         seeds = parse_seeds(seeds_text)
         configs = {s: get_recipe(recipe).config(budget, seed=s, **overrides) for s in seeds}
     except ValueError as err:
-        console.print(f"[bold red]error:[/] {err}")
+        console.print(f"[bold red]error:[/] {escape(str(err))}")
         return 2
     first = configs[seeds[0]]
     if first.device == "cuda":
@@ -352,8 +354,8 @@ def train_command(
                     if payload.get("error")
                     else f", best {payload.get('best_score')} at epoch {payload.get('best_epoch')}"
                 )
-                bar.update(row, info=text)
-                console.print(f"seed {seed}: {text}")
+                bar.update(row, info=escape(text))
+                console.print(f"seed {seed}: {escape(text)}")
                 if payload.get("trace"):
                     console.print(payload["trace"], markup=False, highlight=False)
 

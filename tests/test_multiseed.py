@@ -153,3 +153,5 @@ def test_instances_reach_the_config_and_the_card(tmp_path):
     assert json.loads((out / "best.json").read_text())["config"]["instances"] == 3
     bad = runner.invoke(app, [*BASE, "--instances", "0", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "instances" in bad.output
+    both = runner.invoke(app, [*BASE, "--seed", "4", "--seeds", "2", "--out", str(tmp_path / "y")])
+    assert both.exit_code == 2 and "--seeds 4,5,6" in both.output

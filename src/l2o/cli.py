@@ -258,6 +258,9 @@ def train(
     if seeds is not None:  # several trainings, one process each (l2o.multiseed)
         from l2o.multiseed import train_command
 
+        if seed != 0:
+            _fail("--seed and --seeds do not go together; list the seeds, e.g. --seeds 4,5,6")
+
         out = out or Path("runs") / f"{recipe}-{budget}"
         args = (recipe, budget, out, seeds, resume, jobs, threads, overrides, console, _progress)
         raise typer.Exit(train_command(*args))

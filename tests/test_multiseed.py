@@ -132,7 +132,7 @@ def test_sigterm_stops_every_seed_after_a_saved_epoch_and_resume_finishes(tmp_pa
     assert proc.returncode == 130, output
     assert "--resume" in output
     summary = json.loads((out / "summary.json").read_text())
-    assert [s["status"] for s in summary["seeds"]] == ["interrupted", "interrupted"]
+    assert [s["status"] for s in summary["seeds"]] == ["interrupted", "interrupted"], output
     done = [s["epochs"] for s in summary["seeds"]]
     assert all(1 <= e < 200 for e in done)
     # resume both to a few epochs more than the furthest one got

@@ -90,7 +90,29 @@ def _child(seed: int, config: dict[str, Any], out: str, resume: bool, threads: i
     """One seed's training, in a fresh process: the same Trainer as ``l2o train`` runs, with the
     same process settings as the ``l2o`` command (flush denormals, SIGTERM stops like Ctrl-C)."""
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Ctrl-C / SIGTERM raise KeyboardInterrupt (the trainer stops after its last saved epoch),
+    # never inside ``events.put`` (it could leave the queue's lock held), and again at the
+    # trainer's next event: an interrupt that lands in a validation is swallowed by
+    # ``evaluate`` (it returns a partial result), and the run would go on (seen: children kept
+    # training until the parent killed them).
+    putting = {"now": False, "pending": False}
+
+    def interrupt(signum, frame):
+        putting["pending"] = True
+        if not putting["now"]:
+            raise KeyboardInterrupt
+
+    def send(message) -> None:
+        putting["now"] = True
+        try:
+            events.put(message)
+        finally:
+            putting["now"] = False
+        if putting["pending"]:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         import torch
 
@@ -99,8 +121,8 @@ def _child(seed: int, config: dict[str, Any], out: str, resume: bool, threads: i
         from l2o.training import TrainConfig, Trainer
 
         trainer = Trainer(TrainConfig.from_dict(config), Path(out), resume=resume)
-        events.put(("start", seed, {"epoch": trainer.epoch, "seconds": trainer.seconds}))
-        summary = trainer.run(lambda event: events.put(("event", seed, event)))
+        send(("start", seed, {"epoch": trainer.epoch, "seconds": trainer.seconds}))
+        summary = trainer.run(lambda event: send(("event", seed, event)))
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         events.put(("result", seed, {"status": "interrupted"}))

@@ -713,7 +713,7 @@ def train(
     ] = None,
     list_recipes: Annotated[bool, typer.Option("--list", help="list the recipes and exit")] = False,
     instances: Annotated[
-        int | None, typer.Option(min=1, help="optimizee instances per meta-step")
+        int | None, typer.Option(min=1, help="optimizee instances per meta-step (default 1)")
     ] = None,
     shard_size: Annotated[
         int | None,
@@ -722,6 +722,16 @@ def train(
     nproc: Annotated[
         int, typer.Option(min=1, help="local processes of data-parallel meta-training")
     ] = 1,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            help="train several seeds in parallel processes into OUT/seed-S and write "
+            "OUT/summary.json: a count (3 = seeds 0,1,2) or a list (0,1,5)"
+        ),
+    ] = None,
+    jobs: Annotated[
+        int | None, typer.Option(min=1, help="with --seeds: trainings at a time (default: cores)")
+    ] = None,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
     wide: WideOpt = False,
@@ -751,18 +761,28 @@ def train(
             raise typer.Exit(2)
         return
     _check_device(device)
+    overrides = dict(
+        task=task,
+        device=device,
+        compile=compile_step,
+        num_epochs=epochs,
+        evaluation_period=evaluation_period,
+        instances=instances,
+        shard_size=shard_size,
+    )
+    if seeds is not None:  # several trainings, one process each (l2o.multiseed)
+        from l2o.multiseed import train_command
+
+        if seed != 0:
+            _fail("--seed and --seeds do not go together; list the seeds, e.g. --seeds 4,5,6")
+        if nproc > 1:
+            _fail("--seeds and --nproc do not go together; train the seeds one --nproc run each")
+        out = out or default_train_out(recipe, budget, task, seed, epochs, evaluation_period)
+        _hold_out(out)
+        args = (recipe, budget, out, seeds, resume, jobs, threads, overrides, console, _progress)
+        raise typer.Exit(train_command(*args))
     try:
-        config = get_recipe(recipe).config(
-            budget,
-            task=task,
-            seed=seed,
-            device=device,
-            compile=compile_step,
-            num_epochs=epochs,
-            evaluation_period=evaluation_period,
-            instances=instances,
-            shard_size=shard_size,
-        )
+        config = get_recipe(recipe).config(budget, seed=seed, **overrides)
         out = out or default_train_out(recipe, budget, task, seed, epochs, evaluation_period)
         again = f"continue from the last saved epoch with the same command and --resume ({out})"
         if nproc > 1:  # start the ranks (torch's elastic agent), each running this command
@@ -925,6 +945,16 @@ def reproduce(
         str | None, typer.Option(help="only these of the figure's tasks, comma-separated")
     ] = None,
     plan_only: Annotated[bool, typer.Option("--plan", help="print the plan and exit")] = False,
+    backend: Annotated[
+        str, typer.Option(help="local (process pool) | ray (pip install 'l2o[ray]')")
+    ] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="with --backend ray: a cluster address, e.g. auto")
+    ] = None,
+    max_retries: Annotated[
+        int, typer.Option(min=0, help="with --backend ray: retries of a failed job")
+    ] = 2,
+    device: Annotated[str, typer.Option(help="cpu or cuda (one GPU per job)")] = "cpu",
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
     wide: WideOpt = False,
@@ -934,10 +964,16 @@ def reproduce(
     figure (PNG) and a markdown report. Re-running resumes: finished jobs are kept.
 
     --threads is the total for all --jobs (each job gets an equal share)."""
-    from l2o.reproduce.runner import describe_plan, make_plan, run_plan, write_report
+    from l2o.reproduce.runner import check_backend, describe_plan, make_plan, run_plan, write_report
 
     out = out or Path("runs") / f"reproduce-{budget}"
     try:
+        check_backend(backend)
+    except ValueError as err:
+        _fail(str(err))
+    try:
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: CUDA is not available; use --device cpu")
         plan = make_plan(
             [figure],
             budget,
@@ -971,10 +1007,13 @@ def reproduce(
     _check_data(plan, out)
     start = time.perf_counter()
     interrupted = False
+    options = dict(backend=backend, device=device, address=address, max_retries=max_retries)
     try:
-        statuses = run_plan(plan, jobs=jobs, log=_say)
+        statuses = run_plan(plan, jobs=jobs, log=_say, **options)
     except KeyboardInterrupt:
         interrupted, statuses = True, {}
+    except ValueError as err:  # the backend could not start (e.g. no Ray cluster at --address)
+        _fail(str(err))
     paths = write_report(plan, statuses, time.perf_counter() - start)
     for path in paths:
         _say(f"wrote {path}")
@@ -1142,26 +1181,26 @@ def demo(
     _hold_out(out)
     _threads(threads)
     for line in describe_plan(plan, jobs):
-        console.print(line)
+        _say(line)
     _check_data(plan, out)
     start = time.perf_counter()
     try:
-        statuses = run_plan(plan, jobs=jobs, log=lambda m: console.print(m, highlight=False))
+        statuses = run_plan(plan, jobs=jobs, log=_say)
     except KeyboardInterrupt:
         write_report(plan, {}, time.perf_counter() - start)
-        console.print("[yellow]interrupted: run `make demo` again to resume")
+        _say("interrupted: run `make demo` again to resume", style="yellow")
         raise typer.Exit(130) from None
     written = write_report(plan, statuses, time.perf_counter() - start)
     verdict = demo_verdict(out)
     report = out / "report.md"
     atomic_write_text(report, report.read_text() + "\n## Verdict\n\n" + verdict + "\n")
-    console.print(written.tables[DEMO.name])
-    console.print(f"[bold]{verdict}")
+    plain_print(written.tables[DEMO.name], stream=sys.stdout, wrap=False)
+    _say(verdict, style="bold")
     for path in written.paths:
-        console.print(f"wrote {path}")
+        _say(f"wrote {path}")
     failed = [k for k, v in statuses.items() if v["status"] not in ("done", "done (earlier)")]
     if failed:
-        console.print(f"[red]{len(failed)} jobs did not finish: {', '.join(failed)}")
+        _say(f"{len(failed)} jobs did not finish: {', '.join(failed)}", style="red")
         raise typer.Exit(1)
 
 

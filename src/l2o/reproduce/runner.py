@@ -6,7 +6,9 @@ rate on a task; evaluate one optimizer on one task), each writing its result int
 under the output directory. A job whose result is already there is skipped, so an interrupted run
 resumes where it stopped (training jobs resume mid-run). Independent jobs run in parallel worker
 processes, one CPU thread each by default: on small CPUs, two single-thread jobs do about twice the
-work of one two-thread job (docs/performance.md).
+work of one two-thread job (docs/performance.md). The same jobs run on a Ray cluster with
+``backend="ray"`` (``pip install 'l2o[ray]'``, docs/distributed.md): one Ray task per job, retried
+when a worker dies, one GPU each on CUDA.
 """
 
 from __future__ import annotations
@@ -55,8 +57,10 @@ class Job:
 
 
 # -- what runs in a worker ----------------------------------------------------------------------
-def _run_job(kind: str, out: str, args: dict[str, Any], threads: int) -> dict[str, Any]:
-    """Execute one job in a worker process; returns ``{"status": ...}``."""
+def _run_job(
+    kind: str, out: str, args: dict[str, Any], threads: int, device: str = "cpu"
+) -> dict[str, Any]:
+    """Execute one job in a worker process (or a Ray task); returns ``{"status": ...}``."""
     import torch
     import torch._dynamo
 
@@ -71,11 +75,11 @@ def _run_job(kind: str, out: str, args: dict[str, Any], threads: int) -> dict[st
     start = time.perf_counter()
     try:
         if kind == "train":
-            status = _train(out_dir, args)
+            status = _train(out_dir, args, device)
         elif kind == "grid":
-            status = _grid(out_dir, args)
+            status = _grid(out_dir, args, device)
         else:
-            status = _eval(out_dir, args)
+            status = _eval(out_dir, args, device)
     except KeyboardInterrupt:
         status = {"status": "interrupted"}
     status["seconds"] = round(time.perf_counter() - start, 1)
@@ -94,10 +98,10 @@ def _progress(out_dir: Path, text: str) -> None:
     (out_dir / PROGRESS).write_text(text + "\n")
 
 
-def _train(out_dir: Path, args: dict[str, Any]) -> dict[str, Any]:
+def _train(out_dir: Path, args: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
     from l2o.training import Trainer, get_recipe
 
-    config = get_recipe(args["recipe"]).config(args["budget"], task="mlp-orig")
+    config = get_recipe(args["recipe"]).config(args["budget"], task="mlp-orig", device=device)
     trainer = Trainer(config, out_dir, resume=(out_dir / "train_state.pt").exists())
     last = {"val": "-"}
 
@@ -126,7 +130,7 @@ def _train(out_dir: Path, args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _grid(out_dir: Path, args: dict[str, Any]) -> dict[str, Any]:
+def _grid(out_dir: Path, args: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
     from l2o.evaluation import evaluate
     from l2o.registry import load_rule
     from l2o.tasks import get_task
@@ -135,7 +139,11 @@ def _grid(out_dir: Path, args: dict[str, Any]) -> dict[str, Any]:
     scores = {}
     for lr in args["lrs"]:
         result = evaluate(
-            load_rule(args["rule"], lr=lr), task, args["steps"], list(range(args["seeds"]))
+            load_rule(args["rule"], lr=lr),
+            task,
+            args["steps"],
+            list(range(args["seeds"])),
+            device=device,
         )
         if result.interrupted:
             return {"status": "interrupted"}
@@ -146,7 +154,7 @@ def _grid(out_dir: Path, args: dict[str, Any]) -> dict[str, Any]:
     return {"status": "done", "best_lr": float(best), "scores": scores, **args}
 
 
-def _eval(out_dir: Path, args: dict[str, Any]) -> dict[str, Any]:
+def _eval(out_dir: Path, args: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
     from l2o.evaluation import evaluate
     from l2o.registry import load_rule
     from l2o.report import save_eval
@@ -169,6 +177,7 @@ def _eval(out_dir: Path, args: dict[str, Any]) -> dict[str, Any]:
         get_task(args["task"]),
         args["steps"],
         list(range(args["seeds"])),
+        device=device,
         compile=args["steps"] >= COMPILE_FROM_STEPS,
         callback=on_step,
         callback_every=max(50, args["steps"] // 20),
@@ -421,14 +430,129 @@ def ready_jobs(pending: dict[str, Job], running: set[str]) -> list[str]:
     return sorted(ready, key=lambda k: pending[k].kind != "train")
 
 
+BACKENDS = ("local", "ray")
+RAY_INSTALL = "pip install 'l2o[ray]'"
+
+
+def check_backend(backend: str) -> None:
+    """Raise ``ValueError`` naming the fix if ``backend`` is unknown or Ray is not installed."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                f"--backend ray needs Ray, which is not installed: {RAY_INSTALL}"
+            ) from None
+
+
+class LocalBackend:
+    """Jobs in a pool of ``jobs`` local worker processes (``spawn``), the cores shared out."""
+
+    name = "local process pool"
+
+    def __init__(self, jobs: int, device: str = "cpu") -> None:
+        # the command's thread choice (l2o.threads), shared among the jobs
+        budget = os.environ.get("L2O_THREADS", "")
+        self.threads = max(1, (int(budget) if budget.isdigit() else os.cpu_count() or 1) // jobs)
+        self.device = device
+        ctx = multiprocessing.get_context("spawn")
+        self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
+
+    def submit(self, job: Job) -> Future:
+        return self.pool.submit(
+            _run_job, job.kind, str(job.out), job.args, self.threads, self.device
+        )
+
+    def wait(self, handles: list, timeout: float) -> list:
+        return list(wait(handles, timeout=timeout, return_when=FIRST_COMPLETED)[0])
+
+    def result(self, handle: Future) -> dict[str, Any]:
+        return handle.result()
+
+    def shutdown(self, handles: list, interrupted: bool) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=interrupted)
+
+
+class RayBackend:
+    """Jobs as Ray tasks (https://docs.ray.io): the same ``_run_job`` as the local pool, so the
+    results are the same files. Each task asks for ``threads`` CPUs (the cluster's CPUs shared
+    out between ``jobs``) and, on CUDA, one GPU; a task whose worker or node dies, or that
+    raises, is retried up to ``max_retries`` times (jobs are idempotent: a training resumes from
+    its last saved epoch). ``address``: ``None`` starts a local Ray (or joins ``RAY_ADDRESS``),
+    ``"auto"`` joins the cluster this machine belongs to. Every node must see the output
+    directory and the data (a shared file system; ``L2O_DATA_DIR`` is passed on)."""
+
+    name = "Ray"
+
+    def __init__(
+        self, jobs: int, device: str = "cpu", address: str | None = None, max_retries: int = 2
+    ) -> None:
+        check_backend("ray")
+        import ray
+
+        self.ray = ray
+        self.owned = not ray.is_initialized()
+        if self.owned:
+            env = {k: os.environ[k] for k in ("L2O_DATA_DIR", "L2O_CACHE_DIR") if k in os.environ}
+            try:
+                ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
+            except ConnectionError as err:
+                raise ValueError(
+                    f"--backend ray: cannot reach a Ray cluster at {address!r} ({err}); start one "
+                    "with `ray start --head`, or leave --address out for a local one"
+                ) from None
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.threads = max(1, cpus // jobs)
+        self.device = device
+        self.name = f"Ray ({cpus} CPUs, {self.threads} per job)"
+        self.task = ray.remote(_run_job).options(
+            num_cpus=self.threads,
+            num_gpus=1 if device == "cuda" else 0,
+            max_retries=max_retries,
+            retry_exceptions=True,
+        )
+
+    def submit(self, job: Job):
+        return self.task.remote(job.kind, str(job.out), job.args, self.threads, self.device)
+
+    def wait(self, handles: list, timeout: float) -> list:
+        ready, _ = self.ray.wait(handles, num_returns=1, timeout=timeout)
+        if ready:  # and whatever else has finished meanwhile
+            ready, _ = self.ray.wait(handles, num_returns=len(handles), timeout=0)
+        return ready
+
+    def result(self, handle) -> dict[str, Any]:
+        try:
+            return self.ray.get(handle)
+        except self.ray.exceptions.RayTaskError as err:
+            cause = getattr(err, "cause", None)
+            raise (cause if isinstance(cause, Exception) else err) from None
+
+    def shutdown(self, handles: list, interrupted: bool) -> None:
+        if interrupted:  # KeyboardInterrupt in each task: a training saves its state
+            for handle in handles:
+                self.ray.cancel(handle)
+            self.ray.wait(handles, num_returns=len(handles), timeout=60)
+        if self.owned:
+            self.ray.shutdown()
+
+
 def run_plan(
     plan: Plan,
     jobs: int = 2,
     log: Callable[[str], None] = print,
     report_every: float = 60.0,
+    backend: str = "local",
+    device: str = "cpu",
+    address: str | None = None,
+    max_retries: int = 2,
 ) -> dict[str, Any]:
-    """Run every job not yet done, ``jobs`` at a time. Returns ``{key: status}``; Ctrl-C stops
-    the workers (training saves its state; unfinished evaluations are redone next time)."""
+    """Run every job not yet done, ``jobs`` at a time, in local processes or on Ray
+    (``backend``). Returns ``{key: status}``; Ctrl-C stops the workers (training saves its
+    state; unfinished evaluations are redone next time)."""
+    check_backend(backend)
     pending = {k: j for k, j in plan.jobs.items() if not j.done()}
     statuses: dict[str, Any] = {
         k: {"status": "done (earlier)"} for k in plan.jobs if k not in pending
@@ -437,14 +561,18 @@ def run_plan(
     if not total:
         log("every job is already done")
         return statuses
-    budget = os.environ.get("L2O_THREADS", "")  # the command's thread choice (l2o.threads)
-    threads = max(1, (int(budget) if budget.isdigit() else os.cpu_count() or 1) // jobs)
-    log(f"{total} jobs to run ({len(plan.jobs) - total} already done), {jobs} at a time")
+    runner = (
+        RayBackend(jobs, device, address, max_retries)
+        if backend == "ray"
+        else LocalBackend(jobs, device)
+    )
+    log(
+        f"{total} jobs to run ({len(plan.jobs) - total} already done), {jobs} at a time"
+        + (f" on {runner.name}" if backend != "local" else "")
+    )
     start = time.perf_counter()
-    running: dict[Future, str] = {}
+    running: dict[Any, str] = {}
     failed: set[str] = set()
-    ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
     finished = 0
     estimates = {k: estimate_seconds(j) for k, j in pending.items()}
     spent: dict[str, float] = {}
@@ -460,10 +588,10 @@ def run_plan(
                 job.out.mkdir(parents=True, exist_ok=True)
                 resumed = epochs_done(job)
                 log(f"resume {key} at epoch {resumed}" if resumed else f"start {key}")
-                running[pool.submit(_run_job, job.kind, str(job.out), job.args, threads)] = key
+                running[runner.submit(job)] = key
             if not running:
                 continue
-            done, _ = wait(list(running), timeout=report_every, return_when=FIRST_COMPLETED)
+            done = runner.wait(list(running), timeout=report_every)
             if not done:
                 for key in running.values():
                     path = plan.jobs[key].out / PROGRESS
@@ -472,7 +600,7 @@ def run_plan(
             for fut in done:
                 key = running.pop(fut)
                 try:
-                    status = fut.result()
+                    status = runner.result(fut)
                 except Exception as err:  # a bug or bad input in one job: report, go on
                     status = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
                 statuses[key] = status
@@ -490,9 +618,9 @@ def run_plan(
                 if status["status"] == "interrupted":
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
-        pool.shutdown(wait=True, cancel_futures=True)
+        runner.shutdown(list(running), interrupted=True)
         raise
-    pool.shutdown(wait=True)
+    runner.shutdown([], interrupted=False)
     return statuses
 
 

@@ -312,7 +312,7 @@ def train_command(
 
     from l2o.report import atomic_write_json
     from l2o.training import get_recipe
-    from l2o.training.trainer import TRAIN_STATE
+    from l2o.training.persistence import TRAIN_STATE
 
     try:
         seeds = parse_seeds(seeds_text)

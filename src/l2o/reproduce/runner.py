@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import json
 import math
+import contextlib
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -84,6 +87,28 @@ def _run_job(kind: str, out: str, args: dict[str, Any], threads: int) -> dict[st
 
         atomic_write_json(out_dir / "done.json", status)
     return status
+
+
+def _worker_init() -> None:
+    """A worker stops on SIGTERM as on Ctrl-C (its job saves what it has): :func:`run_plan`
+    passes a SIGTERM sent to the command on to its workers."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def _pass_sigterm_to(pool: ProcessPoolExecutor):
+    """While the pool runs, SIGTERM to this process (a job scheduler's polite kill) stops it as
+    Ctrl-C does, and is passed on to the workers: a terminal's Ctrl-C reaches the whole process
+    group, a SIGTERM only the process it was sent to. Returns the handler to put back."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_term(signum, frame):
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                process.terminate()
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, on_term)
 
 
 PROGRESS = "progress.txt"
@@ -444,7 +469,8 @@ def run_plan(
     running: dict[Future, str] = {}
     failed: set[str] = set()
     ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init)
+    previous = _pass_sigterm_to(pool)
     finished = 0
     estimates = {k: estimate_seconds(j) for k, j in pending.items()}
     spent: dict[str, float] = {}
@@ -492,6 +518,9 @@ def run_plan(
     except KeyboardInterrupt:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     pool.shutdown(wait=True)
     return statuses
 

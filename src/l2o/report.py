@@ -3,10 +3,12 @@
 An evaluation directory holds ``summary.json`` (see :meth:`EvalResult.summary`), ``losses.npz``
 (``losses`` ``[seeds, steps]``, ``seeds``) and ``curves.png``, updated all or nothing by
 :func:`save_eval`: ``summary.json`` marks a finished result, and a folder without it is
-unfinished (:func:`load_eval` says so, and ``l2o evaluate`` re-runs into it without ``--force``). The figure is styled like the
-paper's: x = iterations, y = natural log of the training loss, one line per optimizer at
-ln(mean over seeds), with a min-max band over seeds. Lines are averaged over bins of steps (about
-200 points per curve), as the paper plots a point every ~100 iterations (METHOD.md 6.4).
+unfinished (:func:`load_eval` says so, and ``l2o evaluate`` re-runs into it without ``--force``).
+
+The figure is styled like the paper's: x = iterations, y = natural log of the training loss, one
+line per optimizer at ln(mean over seeds), with a min-max band over seeds. Lines are averaged over
+bins of steps (about 200 points per curve), as the paper plots a point every ~100 iterations
+(METHOD.md 6.4).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 from l2o.evaluation import EvalResult, diverged_mask
 
 # The package's atomic writers, re-exported under the names this module has always offered.
-from l2o.io import atomic_write_bytes, atomic_write_json, umask
+from l2o.io import atomic_write_bytes, atomic_write_json, umask  # noqa: F401
 
 
 def _pyplot():

@@ -11,9 +11,9 @@ work of one two-thread job (docs/performance.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import contextlib
 import multiprocessing
 import os
 import signal

@@ -39,6 +39,7 @@ class Child:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,  # its own process group: a test can kill it with its workers
         )
 
     def lines(self) -> list[str]:

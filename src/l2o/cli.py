@@ -21,6 +21,7 @@ import signal
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -1256,6 +1257,8 @@ def main() -> None:
     torch.set_flush_denormal(True)
     # A polite kill (SIGTERM, e.g. from a job scheduler) stops like Ctrl-C: results are saved.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # A warning (e.g. a torn metrics line dropped on --resume) is one line, like the errors.
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     try:
         app(prog_name="l2o")
     except KeyboardInterrupt:

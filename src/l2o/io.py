@@ -10,6 +10,9 @@ private, and reports, checkpoints and data caches are meant to be shared.
 Logs that grow a record at a time (``metrics.jsonl``) are JSON lines: :func:`append_jsonl` adds
 one object per line, :func:`read_jsonl` reads them back and stops with the file and line number
 on anything that is not one JSON object (a corrupt log is never skipped silently).
+:func:`read_jsonl_torn_tail` is the reader for a log that is about to be appended to again (a
+resumed training run): a last line cut short by a kill during its append is dropped and
+reported, while damage anywhere else is still an error.
 """
 
 from __future__ import annotations
@@ -103,6 +106,43 @@ def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
     return records
 
 
+def read_jsonl_torn_tail(path: Path | str) -> tuple[list[dict[str, Any]], str | None]:
+    """``(records, torn)``: the records of a JSON-lines file whose *last* line may be torn.
+
+    A process killed while :func:`append_jsonl` writes can leave the file ending in part of a
+    line. Such a last line (one that is not a JSON object) is left out and returned as ``torn``
+    (``None`` when the file is whole), so the caller can say so and rewrite the file. Any other
+    bad line is an error as in :func:`read_jsonl`: only the end of a log is ever written last."""
+    path = Path(path)
+    raw = path.read_bytes().split(b"\n")
+    while raw and not raw[-1].strip():
+        raw.pop()
+    torn = None
+    if raw:
+        try:
+            whole = isinstance(json.loads(raw[-1]), dict)
+        except ValueError:  # not JSON, or not UTF-8 (a multi-byte character cut in two)
+            whole = False
+        if not whole:
+            torn = raw.pop().decode("utf-8", errors="replace")
+    records = []
+    for number, data in enumerate(raw, 1):
+        if not data.strip():
+            continue
+        try:
+            line = data.decode("utf-8")
+            record = json.loads(line)
+        except ValueError as err:
+            raise ValueError(
+                f"{path}:{number}: not a line of JSON ({err}); the file is corrupt: delete or "
+                "repair that line"
+            ) from err
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object, got {line[:60]!r}")
+        records.append(record)
+    return records, torn
+
+
 def write_jsonl(path: Path | str, records: Iterable[dict[str, Any]]) -> Path:
     """Replace ``path`` with ``records``, one per line, atomically."""
     return atomic_write_text(path, "".join(_line(r) for r in records))
@@ -115,6 +155,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "read_jsonl",
+    "read_jsonl_torn_tail",
     "umask",
     "write_jsonl",
 ]

@@ -1,10 +1,14 @@
 """Figures and tables of evaluation results, and their files on disk.
 
 An evaluation directory holds ``summary.json`` (see :meth:`EvalResult.summary`), ``losses.npz``
-(``losses`` ``[seeds, steps]``, ``seeds``) and ``curves.png``. The figure is styled like the
-paper's: x = iterations, y = natural log of the training loss, one line per optimizer at
-ln(mean over seeds), with a min-max band over seeds. Lines are averaged over bins of steps (about
-200 points per curve), as the paper plots a point every ~100 iterations (METHOD.md 6.4).
+(``losses`` ``[seeds, steps]``, ``seeds``) and ``curves.png``, updated all or nothing by
+:func:`save_eval`: ``summary.json`` marks a finished result, and a folder without it is
+unfinished (:func:`load_eval` says so, and ``l2o evaluate`` re-runs into it without ``--force``).
+
+The figure is styled like the paper's: x = iterations, y = natural log of the training loss, one
+line per optimizer at ln(mean over seeds), with a min-max band over seeds. Lines are averaged over
+bins of steps (about 200 points per curve), as the paper plots a point every ~100 iterations
+(METHOD.md 6.4).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +28,7 @@ import numpy as np
 from l2o.evaluation import EvalResult, diverged_mask
 
 # The package's atomic writers, re-exported under the names this module has always offered.
-from l2o.io import atomic_write_bytes, atomic_write_json
+from l2o.io import atomic_write_bytes, atomic_write_json, umask  # noqa: F401
 
 
 def _pyplot():
@@ -74,18 +80,22 @@ def _style(ax) -> None:
     ax.grid(alpha=0.3)
 
 
-def _save_figure(fig, path: Path) -> Path:
-    """Lay out, write atomically (:func:`l2o.io.atomic_write_bytes`) and close ``fig``."""
+def _png(fig) -> bytes:
+    """Lay out ``fig``, render it as PNG bytes and close it."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     _pyplot().close(fig)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    return buf.getvalue()
+
+
+def _save_figure(fig, path: Path) -> Path:
+    """Lay out, write atomically (:func:`l2o.io.atomic_write_bytes`) and close ``fig``."""
+    atomic_write_bytes(Path(path), _png(fig))
     return Path(path)
 
 
-def plot_curves(curves: Sequence[Curve], path: Path, title: str = "") -> Path:
-    """Draw curves in the paper's style and save a PNG."""
+def _curves_figure(curves: Sequence[Curve], title: str = ""):
     fig, ax = _pyplot().subplots(figsize=(6.4, 4.4), dpi=120)
     for i, curve in enumerate(curves):
         _draw(ax, curve, f"C{i % 10}", lw=1.4, alpha=0.15)
@@ -93,7 +103,12 @@ def plot_curves(curves: Sequence[Curve], path: Path, title: str = "") -> Path:
     if title:
         ax.set_title(title)
     ax.legend(loc="best", fontsize=8)
-    return _save_figure(fig, path)
+    return fig
+
+
+def plot_curves(curves: Sequence[Curve], path: Path, title: str = "") -> Path:
+    """Draw curves in the paper's style and save a PNG."""
+    return _save_figure(_curves_figure(curves, title), path)
 
 
 def plot_grid(panels: dict[str, Sequence[Curve]], path: Path, title: str = "") -> Path:
@@ -123,8 +138,20 @@ def plot_grid(panels: dict[str, Sequence[Curve]], path: Path, title: str = "") -
     return _save_figure(fig, path)
 
 
+#: The files of an evaluation directory, in the order :func:`save_eval` puts them in place
+#: (``summary.json``, the mark of a finished result, last).
+EVAL_FILES = ("losses.npz", "curves.png", "summary.json")
+
+
 def save_eval(result: EvalResult, out_dir: Path, label: str | None = None) -> dict[str, Any]:
-    """Write ``summary.json``, ``losses.npz`` and ``curves.png`` into ``out_dir``."""
+    """Write ``summary.json``, ``losses.npz`` and ``curves.png`` into ``out_dir``, all or nothing.
+
+    All three are rendered and written to temp files first, so a disk that fills on any of them
+    leaves the previous result as it was. Then the old ``summary.json`` is removed (from here the
+    folder reads as unfinished), the new files are renamed into place and the new summary last.
+    If a rename fails, the previous files (kept as hard links until the end) are put back; a
+    process killed between the renames leaves no ``summary.json``: an unfinished folder that
+    readers refuse and a re-run replaces, never new losses beside an old summary."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = result.summary()
@@ -137,11 +164,56 @@ def save_eval(result: EvalResult, out_dir: Path, label: str | None = None) -> di
         seeds=np.asarray(result.seeds),
         initial_losses=result.initial_losses,
     )
-    atomic_write_bytes(out_dir / "losses.npz", buf.getvalue())
     title = f"{result.task} ({len(result.seeds)} seeds, {result.steps} steps)"
-    plot_curves([Curve(label or result.rule, result.losses)], out_dir / "curves.png", title)
-    atomic_write_json(out_dir / "summary.json", summary)
+    png = _png(_curves_figure([Curve(label or result.rule, result.losses)], title))
+    contents = {
+        "losses.npz": buf.getvalue(),
+        "curves.png": png,
+        "summary.json": (json.dumps(summary, indent=2) + "\n").encode("utf-8"),
+    }
+    _replace_all(out_dir, contents)
     return summary
+
+
+def _replace_all(folder: Path, contents: dict[str, bytes]) -> None:
+    """Put ``contents`` (``{name: bytes}``, the marker file last) in ``folder`` all or nothing
+    (see :func:`save_eval`)."""
+    names = list(contents)
+    temps: dict[str, Path] = {}
+    backups: dict[str, Path] = {}
+    for name in names:  # left by a process killed while saving
+        for stale in folder.glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+    try:
+        for name in names:  # 1. every byte on disk before anything changes
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+            temps[name] = Path(tmp)
+            with os.fdopen(fd, "wb") as out:
+                out.write(contents[name])
+            os.chmod(tmp, 0o666 & ~umask())
+        for name in names:  # 2. the previous files kept (hard links: no data written)
+            if (folder / name).exists():
+                backups[name] = folder / f".{name}.previous"
+                backups[name].unlink(missing_ok=True)
+                os.link(folder / name, backups[name])
+    except BaseException:
+        for path in [*temps.values(), *backups.values()]:
+            path.unlink(missing_ok=True)
+        raise
+    try:
+        (folder / names[-1]).unlink(missing_ok=True)  # 3. unfinished from here ...
+        for name in names:
+            os.replace(temps[name], folder / name)  # ... finished at the last one
+    except BaseException:
+        # 4. put the previous files back, the marker last (links: no space needed)
+        for name in names:
+            (folder / name).unlink(missing_ok=True)
+            if name in backups:
+                os.link(backups[name], folder / name)
+        raise
+    finally:
+        for path in [*temps.values(), *backups.values()]:
+            path.unlink(missing_ok=True)
 
 
 def load_eval(run_dir: Path) -> tuple[dict[str, Any], np.ndarray]:

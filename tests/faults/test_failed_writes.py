@@ -120,20 +120,57 @@ def test_full_disk_while_writing_an_evaluation_keeps_the_previous_result(
         pytest.param(3, id="3"),  # losses.npz and curves.png replaced, then summary.json fails
     ],
 )
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="save_eval writes its three files one by one: a disk that fills after the first "
-    "leaves new losses beside the old summary (docs/reliability.md, 'did not hold')",
-)
 def test_full_disk_midway_through_an_evaluation_keeps_one_consistent_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, k: int
 ) -> None:
     out = tmp_path / "eval"
-    save_eval(_result(0.01), out)
+    first = _result(0.01)
+    save_eval(first, out)
     before = _snapshot(out)
     with monkeypatch.context() as m:
         _fail_at_call(m, k)
         with pytest.raises(OSError):
             save_eval(_result(0.1), out)
     assert _snapshot(out) == before
+    summary, losses = load_eval(out)
+    assert summary["hyperparameters"]["lr"] == 0.01
+    np.testing.assert_array_equal(losses, first.losses.astype(np.float32))
+
+
+def _fail_at_write(monkeypatch: pytest.MonkeyPatch, k: int) -> None:
+    """The k-th file opened by the atomic writers cannot be written: the disk fills midway."""
+    real, calls = os.fdopen, []
+
+    def fdopen(*args, **kwargs):
+        calls.append(1)
+        f = real(*args, **kwargs)
+        return _FullDiskFile(f) if len(calls) >= k else f
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_disk_filling_while_writing_the_later_files_keeps_the_previous_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, k: int
+) -> None:
+    out = tmp_path / "eval"
+    save_eval(_result(0.01), out)
+    before = _snapshot(out)
+    with monkeypatch.context() as m:
+        _fail_at_write(m, k)
+        with pytest.raises(OSError) as info:
+            save_eval(_result(0.1), out)
+    assert info.value.errno == errno.ENOSPC
+    assert _snapshot(out) == before
+    assert load_eval(out)[0]["hyperparameters"]["lr"] == 0.01
+
+
+def test_a_new_result_replaces_the_previous_one_whole(tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    save_eval(_result(0.01), out)
+    second = _result(0.1)
+    save_eval(second, out, label="second")
+    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "losses.npz", "summary.json"]
+    summary, losses = load_eval(out)
+    assert summary["hyperparameters"]["lr"] == 0.1 and summary["label"] == "second"
+    np.testing.assert_array_equal(losses, second.losses.astype(np.float32))

@@ -13,10 +13,13 @@ when a worker dies, one GPU each on CUDA.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -88,6 +91,28 @@ def _run_job(
 
         atomic_write_json(out_dir / "done.json", status)
     return status
+
+
+def _worker_init() -> None:
+    """A worker stops on SIGTERM as on Ctrl-C (its job saves what it has): :func:`run_plan`
+    passes a SIGTERM sent to the command on to its workers."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def _pass_sigterm_to(pool: ProcessPoolExecutor):
+    """While the pool runs, SIGTERM to this process (a job scheduler's polite kill) stops it as
+    Ctrl-C does, and is passed on to the workers: a terminal's Ctrl-C reaches the whole process
+    group, a SIGTERM only the process it was sent to. Returns the handler to put back."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_term(signum, frame):
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                process.terminate()
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, on_term)
 
 
 PROGRESS = "progress.txt"
@@ -458,7 +483,7 @@ class LocalBackend:
         self.threads = max(1, (int(budget) if budget.isdigit() else os.cpu_count() or 1) // jobs)
         self.device = device
         ctx = multiprocessing.get_context("spawn")
-        self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
+        self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init)
 
     def submit(self, job: Job) -> Future:
         return self.pool.submit(
@@ -573,6 +598,8 @@ def run_plan(
     start = time.perf_counter()
     running: dict[Any, str] = {}
     failed: set[str] = set()
+    pool = getattr(runner, "pool", None)  # the local backend's workers get SIGTERM passed on
+    previous = _pass_sigterm_to(pool) if pool is not None else None
     finished = 0
     estimates = {k: estimate_seconds(j) for k, j in pending.items()}
     spent: dict[str, float] = {}
@@ -620,6 +647,9 @@ def run_plan(
     except KeyboardInterrupt:
         runner.shutdown(list(running), interrupted=True)
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     runner.shutdown([], interrupted=False)
     return statuses
 

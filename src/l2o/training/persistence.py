@@ -12,12 +12,13 @@ version.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 from l2o._version import __version__
 from l2o.checkpoint import load_training_state, save_training_state
-from l2o.io import append_jsonl, atomic_write_json, read_jsonl, write_jsonl
+from l2o.io import append_jsonl, atomic_write_json, read_jsonl_torn_tail, write_jsonl
 from l2o.training.config import TrainConfig
 from l2o.training.curriculum import CurriculumState
 
@@ -62,6 +63,15 @@ def check_same_settings(saved: dict[str, Any], config: TrainConfig, where: Path)
         )
 
 
+class TornMetricsWarning(UserWarning):
+    """A resumed run dropped the torn last line of its ``metrics.jsonl``."""
+
+
+def _epoch_of(record: dict[str, Any]) -> int:
+    epoch = record.get("epoch", 0)
+    return epoch if isinstance(epoch, int) else 0
+
+
 class RunDirectory:
     """The files of one training run in ``out``."""
 
@@ -104,10 +114,26 @@ class RunDirectory:
         append_jsonl(self.metrics, record)
 
     def truncate_metrics(self, epoch: int) -> None:
-        """Drop metric lines of epochs after ``epoch`` (the saved state's: work lost to a kill)."""
-        if self.metrics.exists():
-            records = read_jsonl(self.metrics)
-            write_jsonl(self.metrics, [r for r in records if r.get("epoch", 0) <= epoch])
+        """Drop metric lines of epochs after ``epoch`` (the saved state's: work lost to a kill),
+        and a last line torn by a kill during its append (with a :class:`TornMetricsWarning`).
+        A bad line before the last is a ``TrainingError`` naming the file and line."""
+        if not self.metrics.exists():
+            return
+        try:
+            records, torn = read_jsonl_torn_tail(self.metrics)
+        except ValueError as err:
+            raise TrainingError(
+                f"cannot resume: {err} (or move {self.metrics} aside to resume without the old "
+                "lines)"
+            ) from None
+        if torn is not None:
+            warnings.warn(
+                f"{self.metrics}: dropped a torn last line (a kill during its write): "
+                f"{torn[:40]!r}",
+                TornMetricsWarning,
+                stacklevel=2,
+            )
+        write_jsonl(self.metrics, [r for r in records if _epoch_of(r) <= epoch])
 
 
 def capture_state(trainer) -> dict[str, Any]:

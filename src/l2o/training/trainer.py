@@ -319,6 +319,7 @@ class Trainer:
             self.run_dir.start(c)
         emit = callback or (lambda event: None)
         interrupted = False
+        saved = self.epoch  # the last epoch in train_state.pt (a resumed run starts there)
         try:
             while self.epoch < c.num_epochs and not self.stage.done:
                 start = time.perf_counter()
@@ -335,6 +336,7 @@ class Trainer:
                         emit(event)
                 if main:
                     self.run_dir.save_state(self._state())
+                saved = self.epoch
                 emit(record)
         except KeyboardInterrupt:
             interrupted = True
@@ -349,7 +351,7 @@ class Trainer:
         best = self.run_dir.best
         return TrainSummary(
             out_dir=str(self.out),
-            epochs_done=self.epoch,
+            epochs_done=saved,
             best_score=self.best_score,
             best_epoch=self.best_epoch,
             skipped_meta_steps=self.skipped,

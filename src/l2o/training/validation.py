@@ -11,6 +11,12 @@ With several ranks (data-parallel meta-training), each rank runs a contiguous bl
 validation seeds and the per-seed losses are gathered in seed order, so every rank computes the
 same score. A seed's losses do not depend on the rest of its population, so this is the score a
 single process computes.
+
+Ctrl-C (or SIGTERM, which the CLI turns into Ctrl-C) during a validation raises
+``KeyboardInterrupt`` out of it: :func:`l2o.evaluation.evaluate` would return the steps done so far,
+and a score of a cut trajectory must never be logged or pick the best checkpoint. The trainer then
+stops as on any Ctrl-C, with the last epoch whose validation finished saved; ``--resume`` redoes
+the interrupted epoch and its validation.
 """
 
 from __future__ import annotations
@@ -83,6 +89,8 @@ def validate(
 def _trajectory_losses(rule, task: Task, horizon: int, seeds: list[int], device) -> torch.Tensor:
     """``[n, horizon + 1]``: each seed's initial loss and its losses along the trajectory."""
     result = evaluate(rule, task, horizon, seeds, split=task.train_split, device=device)
+    if result.interrupted:  # Ctrl-C: no score from a cut trajectory (the trainer stops)
+        raise KeyboardInterrupt
     full = torch.cat(
         [torch.as_tensor(result.initial_losses)[:, None], torch.as_tensor(result.losses)], 1
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import Tensor
 
 from l2o.rules import fused_lstm
 from l2o.rules.dm import DMRule
@@ -206,3 +207,76 @@ def test_failed_build_warns_and_falls_back_to_pytorch(monkeypatch, tmp_path):
         return fused_lstm.fused_lstm_cell(*args, offset, scale)
 
     assert torch.autograd.gradcheck(cell, (x, h, c, w, b))
+
+
+def _poison(t: Tensor) -> Tensor:
+    """``t`` with NaN, +inf and -inf written into a few columns (several tiles, vector lanes and
+    the scalar remainder of the C++ loops)."""
+    t = t.clone()
+    cols = {"nan": [3, 700, 1299], "+inf": [17, 515], "-inf": [40, 1030]}
+    values = {"nan": float("nan"), "+inf": float("inf"), "-inf": float("-inf")}
+    for kind, cs in cols.items():
+        for col in cs:
+            t.view(t.shape[0], -1)[(col * 7) % t.shape[0], col] = values[kind]
+    return t
+
+
+@pytest.mark.parametrize("where", ["x", "h", "c"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nan_and_inf_propagate_as_in_reference(monkeypatch, where, dtype):
+    """The kernel is built without finite-math assumptions: NaN/inf in the input or the state
+    give exactly the reference's NaN/inf (forward and every gradient; meta-training skips a
+    non-finite meta-gradient and evaluation flags diverged seeds, so they must not vanish)."""
+    _use(monkeypatch, "fused")
+    assert fused_lstm.cpu_kernel_available()
+    torch.manual_seed(5)
+    k, hidden, n, p = 2, 20, 1, 1300  # 1300 columns: three tiles of the C++ kernel
+    args = {
+        "x": torch.randn(k, n, p, dtype=dtype),
+        "h": torch.randn(hidden, n, p, dtype=dtype),
+        "c": torch.randn(hidden, n, p, dtype=dtype) * 3,
+    }
+    args[where] = _poison(args[where])
+    w = torch.randn(k + hidden, 4 * hidden, dtype=dtype) * 0.5
+    b = torch.randn(4 * hidden, dtype=dtype) * 0.5
+    offset, scale = (t.to(dtype) for t in gate_constants(hidden))
+    dh = torch.randn(hidden, n, p, dtype=dtype)
+    dc = torch.randn(hidden, n, p, dtype=dtype)
+
+    def run(cell):
+        leaves = [t.clone().requires_grad_(True) for t in (args["x"], args["h"], args["c"], w, b)]
+        h_new, c_new = cell(*leaves, offset, scale)
+        grads = torch.autograd.grad((h_new * dh).sum() + (c_new * dc).sum(), leaves)
+        return (h_new.detach(), c_new.detach(), *grads)
+
+    ref, got = run(lstm_cell), run(fused_lstm.fused_lstm_cell)
+    assert not torch.isfinite(ref[0]).all()  # the poison reached the output
+    names = ["h'", "c'", "dx", "dh", "dc", "dw", "db"]
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    for name, a, r in zip(names, got, ref, strict=True):
+        assert torch.equal(torch.isnan(a), torch.isnan(r)), f"{name}: NaN pattern differs"
+        assert torch.equal(torch.isposinf(a), torch.isposinf(r)), f"{name}: +inf differs"
+        assert torch.equal(torch.isneginf(a), torch.isneginf(r)), f"{name}: -inf differs"
+        fin = torch.isfinite(r)
+        torch.testing.assert_close(a[fin], r[fin], rtol=tol, atol=tol)
+    assert torch.isnan(got[5]).any()  # a NaN column poisons the weight gradient, as it must
+
+
+@pytest.mark.parametrize("model", ["dm", "rnnprop"])
+def test_nonfinite_gradient_gives_nonfinite_step_as_reference(monkeypatch, model):
+    """A rule fed a NaN/inf gradient returns the reference's NaN/inf deltas and a non-finite
+    meta-gradient (what makes the meta-step skip)."""
+    grad = torch.randn(2, 900) * 1e-3
+    grad[0, 5], grad[1, 600], grad[1, 601] = float("nan"), float("inf"), float("-inf")
+    out = {}
+    for mode in ("reference", "fused"):
+        _use(monkeypatch, mode)
+        torch.manual_seed(0)
+        rule = RULES[model]()
+        delta, state = rule.step(grad, rule.init(torch.zeros(2, 900)))
+        delta2, _ = rule.step(grad.nan_to_num(0.0, 0.0, 0.0), state)
+        meta = torch.autograd.grad(delta2.sum(), list(rule.parameters()), allow_unused=True)
+        out[mode] = (delta.detach(), delta2.detach(), *(m for m in meta if m is not None))
+    for a, r in zip(out["fused"], out["reference"], strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-6, equal_nan=True)
+    assert not torch.isfinite(out["fused"][2]).all()

@@ -142,6 +142,53 @@ _build_lock = threading.Lock()
 _built: bool | None = None  # None: not tried yet
 
 
+#: Instruction-set flags per ``torch.backends.cpu.get_cpu_capability()``: only what the CPU
+#: running PyTorch is known to have (never ``-march=native``), and the extension's name carries
+#: the ISA, so a cache directory shared by machines with different CPUs never loads a library
+#: built for another instruction set (an illegal-instruction crash).
+ISA_FLAGS = {
+    "AVX512": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl"],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c"],
+}
+#: Optimisation flags. Not ``-ffast-math``: its finite-math-only would let the compiler assume no
+#: NaN/inf, and meta-training relies on them propagating (a non-finite meta-gradient skips the
+#: meta-step; evaluation flags diverged seeds). The kernel source declares glibc's vector ``exp``
+#: itself so that the pointwise loops still vectorise (``-fno-math-errno`` allows the call).
+OPT_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+
+
+def isa() -> str:
+    """The instruction set the kernel is built for: ``avx512``, ``avx2`` or ``generic``."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return "generic"
+    cap = torch.backends.cpu.get_cpu_capability()
+    return cap.lower() if cap in ISA_FLAGS else "generic"
+
+
+def build_kernel(
+    name: str | None = None, cflags: list[str] | None = None, namespace: str | None = None
+) -> str:
+    """Build (or load from the cache) the C++ kernel and register its ops; returns the ops'
+    namespace. The defaults are the package's build (``l2o_fused_lstm_cpu_<isa>``); other
+    ``name``/``cflags``/``namespace`` build variants for benchmarks."""
+    from torch.utils import cpp_extension
+
+    target = isa()
+    flags = list(cflags) if cflags is not None else [*OPT_FLAGS, *ISA_FLAGS.get(target.upper(), [])]
+    if namespace is not None:
+        flags.append(f"-DL2O_LSTM_NS={namespace}")
+    cpp_extension.load(
+        name=name or f"l2o_fused_lstm_cpu_{target}",
+        sources=[str(_SOURCE)],
+        extra_cflags=flags,
+        is_python_module=False,
+        verbose=False,
+    )
+    return namespace or "l2o_fused_lstm"
+
+
 def cpu_kernel_available() -> bool:
     """Build (once per process; the compiled library is cached on disk) and load the C++ kernel.
     ``False``, with one warning, if that fails or ``L2O_LSTM=torch``."""
@@ -153,15 +200,7 @@ def cpu_kernel_available() -> bool:
             _built = False
             if MODE == "fused":
                 try:
-                    from torch.utils import cpp_extension
-
-                    cpp_extension.load(
-                        name="l2o_fused_lstm_cpu",
-                        sources=[str(_SOURCE)],
-                        extra_cflags=["-O3", "-march=native", "-ffast-math"],
-                        is_python_module=False,
-                        verbose=False,
-                    )
+                    build_kernel()
                     _built = hasattr(torch.ops.l2o_fused_lstm, "fwd")
                 except Exception as err:  # no compiler, headers, ...
                     warnings.warn(

@@ -10,14 +10,37 @@
 #include <cmath>
 #include <tuple>
 
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__) && \
+    !defined(__FAST_MATH__)
+extern "C" {
+float expf(float) noexcept __attribute__((simd("notinbranch")));
+double exp(double) noexcept __attribute__((simd("notinbranch")));
+}
+#endif
+
+// The op namespace: l2o_fused_lstm, or another one (-DL2O_LSTM_NS=...) so that a build with other
+// flags can be loaded beside it (benchmarks/fused_kernel_flags.py).
+#ifndef L2O_LSTM_NS
+#define L2O_LSTM_NS l2o_fused_lstm
+#endif
+#define L2O_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+#define L2O_LIBRARY_IMPL(ns, k, m) TORCH_LIBRARY_IMPL(ns, k, m)
+
 namespace {
 
-// The file is built with -ffast-math so that gcc vectorises std::exp (glibc's libmvec); its
-// finite-math variants must not overflow, so the argument is clamped to +-80, where the sigmoid
-// is already 1 or 1.8e-35 (the exact value changes nothing in the cell's results).
+// NaN and inf must propagate exactly as in the reference cell (meta-training skips a non-finite
+// meta-gradient; evaluation flags diverged seeds), so the file is NOT built with -ffast-math
+// (whose finite-math-only lets the compiler assume there are none). To still vectorise std::exp,
+// glibc's vector math library (libmvec, which handles NaN, inf and overflow) is declared here, as
+// glibc's own headers do only under -ffast-math; -fno-math-errno lets gcc call it.
+//   sig(v) = 1 / (1 + exp(-v)):  NaN -> NaN, +inf -> 1, -inf -> 0, as torch.sigmoid.
+// Under -ffast-math (kept only for the benchmark of the previous build) exp's finite-math variant
+// must not overflow, so there the argument is clamped to +-80 as before.
 template <typename T>
 inline T sig(T v) {
+#ifdef __FAST_MATH__
   v = v < T(-80) ? T(-80) : (v > T(80) ? T(80) : v);
+#endif
   return T(1) / (T(1) + std::exp(-v));
 }
 
@@ -132,14 +155,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_bwd(
 
 }  // namespace
 
-TORCH_LIBRARY(l2o_fused_lstm, m) {
+L2O_LIBRARY(L2O_LSTM_NS, m) {
   m.def("fwd(Tensor x, Tensor h, Tensor c, Tensor wt, Tensor b, int tile) -> (Tensor, Tensor)");
   m.def(
       "bwd(Tensor x, Tensor h, Tensor c, Tensor cn, Tensor wt, Tensor b, Tensor dh, Tensor dc, "
       "int tile) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(l2o_fused_lstm, CPU, m) {
+L2O_LIBRARY_IMPL(L2O_LSTM_NS, CPU, m) {
   m.impl("fwd", &lstm_fwd);
   m.impl("bwd", &lstm_bwd);
 }

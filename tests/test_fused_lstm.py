@@ -280,3 +280,77 @@ def test_nonfinite_gradient_gives_nonfinite_step_as_reference(monkeypatch, model
     for a, r in zip(out["fused"], out["reference"], strict=True):
         torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-6, equal_nan=True)
     assert not torch.isfinite(out["fused"][2]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 63), (3, 5301)])
+def test_dm_step_kernel_matches_reference(monkeypatch, dtype, shape):
+    """L2O-DM's whole no-grad step in one kernel (LogAndSign, both layers, readout; partial and
+    full 64-column tiles): the reference's deltas and states over 5 steps, to round-off, with the
+    reference's NaN/inf where the gradient has them, and gradients spanning 1e-8 .. 1."""
+    torch.manual_seed(2)
+    rule = DMRule().to(dtype)
+    with torch.no_grad():  # saturated gates too
+        for p in rule.parameters():
+            p.mul_(3.0)
+    n, p = shape
+    grad = torch.randn(n, p, dtype=dtype) * 10.0 ** torch.randint(-8, 1, (n, p))
+    grad[0, p // 2] = float("nan")
+    grad[n - 1, p - 1] = float("inf")
+    grad[n - 1, 0] = float("-inf")
+    out = {}
+    for mode in ("reference", "fused"):
+        _use(monkeypatch, mode)
+        monkeypatch.setattr(fused_lstm, "MODE", "torch" if mode == "reference" else "fused")
+        assert fused_lstm.dm_kernel_applies(grad) is False  # gradients enabled
+        state, deltas = rule.init(torch.zeros(n, p, dtype=dtype)), []
+        with torch.no_grad():
+            assert fused_lstm.dm_kernel_applies(grad) == (mode == "fused")
+            for t in range(5):
+                delta, state = rule.step(grad if t == 0 else grad.nan_to_num(0, 0, 0) * t, state)
+                deltas.append(delta)
+        out[mode] = (torch.stack(deltas), *state)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for a, r in zip(out["fused"], out["reference"], strict=True):
+        assert torch.equal(torch.isnan(a), torch.isnan(r))
+        assert torch.equal(torch.isinf(a), torch.isinf(r))
+        fin = torch.isfinite(r)
+        torch.testing.assert_close(a[fin], r[fin], rtol=tol, atol=tol * r[fin].abs().max())
+    assert torch.isnan(out["fused"][0]).any()
+
+
+def test_float32_exp_of_the_kernel_is_accurate_to_round_off():
+    """The kernel's inline float32 exp (inside its sigmoid) against torch over the whole range:
+    a cell with one input, weights 1 and bias 0, so h' = o * tanh(i * tanh(j)) for gates = x."""
+    assert fused_lstm.cpu_kernel_available()
+    x = torch.linspace(-100.0, 100.0, 200_001).unsqueeze(0)
+    x = torch.cat([x, torch.tensor([[float("nan"), float("inf"), -float("inf"), 88.7, -87.4]])], 1)
+    n = x.shape[1]
+    wt = torch.ones(4, 2)  # H = 1: gates i, j, f, o all equal x (j pre-scaled below)
+    wt[1] *= 2.0
+    h, c = torch.zeros(1, n), torch.zeros(1, n)
+    got_h, got_c = torch.ops.l2o_fused_lstm.fwd(x, h, c, wt, torch.zeros(4), fused_lstm.CPU_TILE)
+    s = torch.sigmoid(x.double())
+    ref_c = s * torch.tanh(x.double())
+    ref_h = s * torch.tanh(ref_c)
+    assert torch.equal(torch.isnan(got_h), torch.isnan(ref_h))
+    fin = torch.isfinite(ref_h)
+    assert (got_c[fin].double() - ref_c[fin]).abs().max() < 4e-7
+    assert (got_h[fin].double() - ref_h[fin]).abs().max() < 4e-7
+
+
+@pytest.mark.parametrize("model", ["dm", "rnnprop"])
+def test_evaluate_on_mlp_matches_reference_cell(monkeypatch, model):
+    """``l2o.evaluate`` (compiled, 2 seeds of mlp-orig, 40 steps) with the fused kernels gives the
+    losses it gives with the reference cell, to float32 round-off."""
+    from l2o import evaluate
+
+    torch.manual_seed(0)
+    rule, task = RULES[model](), get_task("mlp-orig")
+    res = {}
+    for mode in ("reference", "fused"):
+        _use(monkeypatch, mode)
+        res[mode] = evaluate(rule, task, 40, [0, 1], compile=True)
+    rel = abs(res["fused"].losses - res["reference"].losses) / abs(res["reference"].losses)
+    assert rel.max() < 1e-5, rel.max()
+    print(model, "max relative difference", rel.max())

@@ -35,6 +35,7 @@ reference cell everywhere; benchmarks compare them in one run, see docs/performa
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import warnings
@@ -153,8 +154,9 @@ ISA_FLAGS = {
 #: Optimisation flags. Not ``-ffast-math``: its finite-math-only would let the compiler assume no
 #: NaN/inf, and meta-training relies on them propagating (a non-finite meta-gradient skips the
 #: meta-step; evaluation flags diverged seeds). The kernel source declares glibc's vector ``exp``
-#: itself so that the pointwise loops still vectorise (``-fno-math-errno`` allows the call).
-OPT_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+#: itself so that the pointwise loops still vectorise (``-fno-math-errno`` allows the call);
+#: ``-ffp-contract=fast`` lets ``a += w * x`` be one FMA (gcc's ISO C++ mode turns it off).
+OPT_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast"]
 
 
 def isa() -> str:
@@ -306,3 +308,77 @@ def fused_lstm_cell(
     else:
         h_new, c_new = FusedLSTMCell.apply(*args, sigmoid_tanh)
     return h_new.view(hidden, n, p), c_new.view(hidden, n, p)
+
+
+# ---------------------------------------------------------------------------------------------
+# L2O-DM's whole step in one kernel, without gradients (evaluation).
+
+
+def cpu_layer_weights(layer) -> tuple[Tensor, Tensor]:
+    """An :class:`~l2o.rules.lstm.LSTMLayer`'s effective CPU weights ``(wt [4H, in + H], b [4H])``:
+    forget bias folded in and ``j`` scaled by 2, as :func:`fused_lstm_cell` passes them."""
+    scale = layer.gate_scale
+    wt = (layer.w_gates * scale).t().contiguous()
+    b = ((layer.b_gates + layer.gate_offset) * scale).contiguous()
+    return wt, b
+
+
+#: Whether L2O-DM's step without gradients uses :func:`dm_step_cpu` (benchmarks switch it off
+#: to compare with the per-layer fused cells).
+FUSED_DM_STEP = True
+
+
+def dm_kernel_applies(grad: Tensor) -> bool:
+    """Whether :meth:`l2o.rules.dm.DMRule.step` runs :func:`dm_step_cpu`: the fused mode, a CPU
+    tensor and no gradient wanted (evaluation under ``torch.no_grad()``)."""
+    return (
+        FUSED_DM_STEP
+        and MODE == "fused"
+        and grad.device.type == "cpu"
+        and not torch.is_grad_enabled()
+    )
+
+
+@torch.library.custom_op("l2o::dm_step_cpu", mutates_args=())
+def dm_step_cpu(
+    g: Tensor,
+    h1: Tensor,
+    c1: Tensor,
+    h2: Tensor,
+    c2: Tensor,
+    w1: Tensor,
+    b1: Tensor,
+    w2: Tensor,
+    b2: Tensor,
+    wo: Tensor,
+    bo: Tensor,
+    k: float,
+    scale: float,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """L2O-DM's step for ``N`` coordinates, feature-first: ``(delta [N], h1', c1', h2', c2')``
+    from ``g [N]`` and states ``[H, N]``, with the layers' :func:`cpu_layer_weights` and the
+    readout ``wo [H2]``, ``bo [1]``. The C++ kernel does LogAndSign, both layers and the readout
+    per 64-column tile (intermediates stay in cache); without it, the same in PyTorch ops."""
+    if cpu_kernel_available():
+        return torch.ops.l2o_fused_lstm.dm_step(
+            g, h1, c1, h2, c2, w1, b1, w2, b2, wo, bo, k, scale, eps
+        )
+    log = torch.clamp_min(torch.log(g.abs() + eps) / k, -1.0)
+    sign = torch.clamp(g * math.exp(k), -1.0, 1.0)
+    x = torch.stack([log, sign], dim=0)
+    h1n, c1n = _forward_cpu(_gates_pre(w1, b1, x, h1).sigmoid_(), c1)
+    h2n, c2n = _forward_cpu(_gates_pre(w2, b2, h1n, h2).sigmoid_(), c2)
+    delta = scale * torch.addmm(bo.unsqueeze(1), wo.unsqueeze(0), h2n)[0]
+    return delta, h1n, c1n, h2n, c2n
+
+
+@dm_step_cpu.register_fake
+def _(g, h1, c1, h2, c2, w1, b1, w2, b2, wo, bo, k, scale, eps):
+    return (
+        torch.empty_like(g),
+        torch.empty_like(h1),
+        torch.empty_like(h1),
+        torch.empty_like(h2),
+        torch.empty_like(h2),
+    )

@@ -3,8 +3,9 @@
 
 Usage: OMP_NUM_THREADS=1 python benchmarks/fused_kernel_flags.py [--repeats 30]
 
-Both builds are of the same source (``src/l2o/rules/fused_lstm_cpu.cpp``; the old one registers
-its ops under another namespace). Timed: one forward and one backward of an L2O-DM layer
+Both builds are of the same source (``src/l2o/rules/fused_lstm_cpu.cpp``, whose sigmoid under
+``-ffast-math`` is the previous one: clamped argument, glibc's exp; the old build registers its
+ops under another namespace). Timed: one forward and one backward of an L2O-DM layer
 (``in`` = 2 and 20, ``H`` = 20) over 15,910 and 159,100 coordinates (``mlp-orig``, 1 and 10
 instances), alternating between the builds, medians. Writes
 ``benchmarks/results/fused_kernel_flags-cpu.json``.

@@ -86,10 +86,9 @@ at::Tensor gates_pre(const at::Tensor& wx, const at::Tensor& wh, const at::Tenso
   return zt;
 }
 
-// s (if STORE): the gate activations [4H, ld] (i, j2, f, o), for a backward that reads them.
-template <typename T, bool STORE = false>
+template <typename T>
 void pointwise_fwd(const T* z, int64_t ldz, const T* c, T* hn, T* cn, int64_t ld, int64_t H,
-                   int64_t len, T* s = nullptr) {
+                   int64_t len) {
   for (int64_t r = 0; r < H; ++r) {
     const T* __restrict zi = z + r * ldz;
     const T* __restrict zj = z + (H + r) * ldz;
@@ -104,74 +103,6 @@ void pointwise_fwd(const T* z, int64_t ldz, const T* c, T* hn, T* cn, int64_t ld
       T cc = (f * cr[k] - i) + T(2) * i * j2;
       cw[k] = cc;
       hr[k] = o * (T(2) * sig(T(2) * cc) - T(1));
-      if constexpr (STORE) {
-        s[r * ld + k] = i;
-        s[(H + r) * ld + k] = j2;
-        s[(2 * H + r) * ld + k] = f;
-        s[(3 * H + r) * ld + k] = o;
-      }
-    }
-  }
-}
-
-// The backward's pointwise part from stored gate activations s [4H, ld]: writes dz to z [4H, ldz].
-template <typename T>
-void pointwise_bwd_stored(const T* s, T* z, int64_t ldz, const T* c, const T* cn, const T* dh,
-                          const T* dc, T* dcp, int64_t ld, int64_t H, int64_t len) {
-  for (int64_t r = 0; r < H; ++r) {
-    const T* __restrict si = s + r * ld;
-    const T* __restrict sj = s + (H + r) * ld;
-    const T* __restrict sf = s + (2 * H + r) * ld;
-    const T* __restrict so = s + (3 * H + r) * ld;
-    T* __restrict zi = z + r * ldz;
-    T* __restrict zj = z + (H + r) * ldz;
-    T* __restrict zf = z + (2 * H + r) * ldz;
-    T* __restrict zo = z + (3 * H + r) * ldz;
-    const T* __restrict cr = c + r * ld;
-    const T* __restrict cnr = cn + r * ld;
-    const T* __restrict dhr = dh + r * ld;
-    const T* __restrict dcr = dc + r * ld;
-    T* __restrict dcpr = dcp + r * ld;
-#pragma GCC ivdep
-    for (int64_t k = 0; k < len; ++k) {
-      T i = si[k], j2 = sj[k], f = sf[k], o = so[k];
-      T tc = T(2) * sig(T(2) * cnr[k]) - T(1);
-      T tj = T(2) * j2 - T(1);
-      T dct = dcr[k] + dhr[k] * o * (T(1) - tc * tc);
-      zi[k] = dct * tj * (i * (T(1) - i));
-      zj[k] = T(2) * dct * i * (j2 * (T(1) - j2));
-      zf[k] = dct * cr[k] * (f * (T(1) - f));
-      zo[k] = dhr[k] * tc * (o * (T(1) - o));
-      dcpr[k] = dct * f;
-    }
-  }
-}
-
-template <typename T>
-void pointwise_bwd(T* z, int64_t ldz, const T* c, const T* cn, const T* dh, const T* dc, T* dcp,
-                   int64_t ld, int64_t H, int64_t len) {
-  // Overwrites z (pre-activations) with dz.
-  for (int64_t r = 0; r < H; ++r) {
-    T* __restrict zi = z + r * ldz;
-    T* __restrict zj = z + (H + r) * ldz;
-    T* __restrict zf = z + (2 * H + r) * ldz;
-    T* __restrict zo = z + (3 * H + r) * ldz;
-    const T* __restrict cr = c + r * ld;
-    const T* __restrict cnr = cn + r * ld;
-    const T* __restrict dhr = dh + r * ld;
-    const T* __restrict dcr = dc + r * ld;
-    T* __restrict dcpr = dcp + r * ld;
-#pragma GCC ivdep
-    for (int64_t k = 0; k < len; ++k) {
-      T i = sig(zi[k]), j2 = sig(zj[k]), f = sig(zf[k]), o = sig(zo[k]);
-      T tc = T(2) * sig(T(2) * cnr[k]) - T(1);
-      T tj = T(2) * j2 - T(1);
-      T dct = dcr[k] + dhr[k] * o * (T(1) - tc * tc);
-      zi[k] = dct * tj * (i * (T(1) - i));
-      zj[k] = T(2) * dct * i * (j2 * (T(1) - j2));
-      zf[k] = dct * cr[k] * (f * (T(1) - f));
-      zo[k] = dhr[k] * tc * (o * (T(1) - o));
-      dcpr[k] = dct * f;
     }
   }
 }
@@ -214,62 +145,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_bwd(
                               c.data_ptr<scalar_t>() + c0, cn.data_ptr<scalar_t>() + c0,
                               dh.data_ptr<scalar_t>() + c0, dc.data_ptr<scalar_t>() + c0,
                               dcp.data_ptr<scalar_t>() + c0, N, H, len);
-    });
-    at::Tensor xt = x.narrow(1, c0, len), ht = h.narrow(1, c0, len);
-    at::Tensor dxt = dx.narrow(1, c0, len), dht = dhp.narrow(1, c0, len);
-    at::mm_out(dxt, wxt, zt);
-    at::mm_out(dht, wht, zt);
-    dwx.addmm_(zt, xt.t());
-    dwh.addmm_(zt, ht.t());
-    db.add_(zt.sum(1));
-  }
-  return {dx, dhp, dcp, dwt, db};
-}
-
-// The same forward, also returning the gate activations s [4H, N] (more memory, no recompute).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_fwd_store(const at::Tensor& x,
-                                                              const at::Tensor& h,
-                                                              const at::Tensor& c,
-                                                              const at::Tensor& wt,
-                                                              const at::Tensor& b, int64_t tile) {
-  const int64_t K = x.size(0), H = h.size(0), N = h.size(1);
-  at::Tensor wx = wt.narrow(1, 0, K), wh = wt.narrow(1, K, H);
-  at::Tensor hn = at::empty_like(h), cn = at::empty_like(h);
-  at::Tensor sg = at::empty({4 * H, N}, h.options());
-  at::Tensor z = at::empty({4 * H, std::min(tile, N)}, h.options());
-  for (int64_t c0 = 0; c0 < N; c0 += tile) {
-    const int64_t len = std::min(tile, N - c0);
-    at::Tensor zt = gates_pre(wx, wh, b, x, h, c0, len, z);
-    AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "l2o_lstm_fwd_store", [&] {
-      pointwise_fwd<scalar_t, true>(zt.data_ptr<scalar_t>(), zt.stride(0),
-                                    c.data_ptr<scalar_t>() + c0, hn.data_ptr<scalar_t>() + c0,
-                                    cn.data_ptr<scalar_t>() + c0, N, H, len,
-                                    sg.data_ptr<scalar_t>() + c0);
-    });
-  }
-  return {hn, cn, sg};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_bwd_stored(
-    const at::Tensor& x, const at::Tensor& h, const at::Tensor& c, const at::Tensor& cn,
-    const at::Tensor& sg, const at::Tensor& wt, const at::Tensor& dh, const at::Tensor& dc,
-    int64_t tile) {
-  const int64_t K = x.size(0), H = h.size(0), N = h.size(1);
-  at::Tensor wx = wt.narrow(1, 0, K), wh = wt.narrow(1, K, H);
-  at::Tensor wxt = wx.t(), wht = wh.t();
-  at::Tensor dx = at::empty_like(x), dhp = at::empty_like(h), dcp = at::empty_like(h);
-  at::Tensor dwt = at::zeros_like(wt), db = at::zeros({4 * H}, wt.options());
-  at::Tensor dwx = dwt.narrow(1, 0, K), dwh = dwt.narrow(1, K, H);
-  at::Tensor z = at::empty({4 * H, std::min(tile, N)}, h.options());
-  for (int64_t c0 = 0; c0 < N; c0 += tile) {
-    const int64_t len = std::min(tile, N - c0);
-    at::Tensor zt = z.narrow(1, 0, len);
-    AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "l2o_lstm_bwd_stored", [&] {
-      pointwise_bwd_stored<scalar_t>(sg.data_ptr<scalar_t>() + c0, zt.data_ptr<scalar_t>(),
-                                     zt.stride(0), c.data_ptr<scalar_t>() + c0,
-                                     cn.data_ptr<scalar_t>() + c0, dh.data_ptr<scalar_t>() + c0,
-                                     dc.data_ptr<scalar_t>() + c0, dcp.data_ptr<scalar_t>() + c0,
-                                     N, H, len);
     });
     at::Tensor xt = x.narrow(1, c0, len), ht = h.narrow(1, c0, len);
     at::Tensor dxt = dx.narrow(1, c0, len), dht = dhp.narrow(1, c0, len);
@@ -438,12 +313,6 @@ L2O_LIBRARY(L2O_LSTM_NS, m) {
       "bwd(Tensor x, Tensor h, Tensor c, Tensor cn, Tensor wt, Tensor b, Tensor dh, Tensor dc, "
       "int tile) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "fwd_store(Tensor x, Tensor h, Tensor c, Tensor wt, Tensor b, int tile) -> "
-      "(Tensor, Tensor, Tensor)");
-  m.def(
-      "bwd_stored(Tensor x, Tensor h, Tensor c, Tensor cn, Tensor s, Tensor wt, Tensor dh, "
-      "Tensor dc, int tile) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def(
       "dm_step(Tensor g, Tensor h1, Tensor c1, Tensor h2, Tensor c2, Tensor w1, Tensor b1, "
       "Tensor w2, Tensor b2, Tensor wo, Tensor bo, float k, float scale, float eps) -> "
       "(Tensor, Tensor, Tensor, Tensor, Tensor)");
@@ -452,7 +321,5 @@ L2O_LIBRARY(L2O_LSTM_NS, m) {
 L2O_LIBRARY_IMPL(L2O_LSTM_NS, CPU, m) {
   m.impl("fwd", &lstm_fwd);
   m.impl("bwd", &lstm_bwd);
-  m.impl("fwd_store", &lstm_fwd_store);
-  m.impl("bwd_stored", &lstm_bwd_stored);
   m.impl("dm_step", &dm_step);
 }

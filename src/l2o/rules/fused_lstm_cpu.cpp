@@ -107,6 +107,35 @@ void pointwise_fwd(const T* z, int64_t ldz, const T* c, T* hn, T* cn, int64_t ld
   }
 }
 
+template <typename T>
+void pointwise_bwd(T* z, int64_t ldz, const T* c, const T* cn, const T* dh, const T* dc, T* dcp,
+                   int64_t ld, int64_t H, int64_t len) {
+  // Overwrites z (pre-activations) with dz.
+  for (int64_t r = 0; r < H; ++r) {
+    T* __restrict zi = z + r * ldz;
+    T* __restrict zj = z + (H + r) * ldz;
+    T* __restrict zf = z + (2 * H + r) * ldz;
+    T* __restrict zo = z + (3 * H + r) * ldz;
+    const T* __restrict cr = c + r * ld;
+    const T* __restrict cnr = cn + r * ld;
+    const T* __restrict dhr = dh + r * ld;
+    const T* __restrict dcr = dc + r * ld;
+    T* __restrict dcpr = dcp + r * ld;
+#pragma GCC ivdep
+    for (int64_t k = 0; k < len; ++k) {
+      T i = sig(zi[k]), j2 = sig(zj[k]), f = sig(zf[k]), o = sig(zo[k]);
+      T tc = T(2) * sig(T(2) * cnr[k]) - T(1);
+      T tj = T(2) * j2 - T(1);
+      T dct = dcr[k] + dhr[k] * o * (T(1) - tc * tc);
+      zi[k] = dct * tj * (i * (T(1) - i));
+      zj[k] = T(2) * dct * i * (j2 * (T(1) - j2));
+      zf[k] = dct * cr[k] * (f * (T(1) - f));
+      zo[k] = dhr[k] * tc * (o * (T(1) - o));
+      dcpr[k] = dct * f;
+    }
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> lstm_fwd(const at::Tensor& x, const at::Tensor& h,
                                             const at::Tensor& c, const at::Tensor& wt,
                                             const at::Tensor& b, int64_t tile) {

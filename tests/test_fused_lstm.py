@@ -299,6 +299,7 @@ def test_dm_step_kernel_matches_reference(monkeypatch, dtype, shape):
     grad[n - 1, p - 1] = float("inf")
     grad[n - 1, 0] = float("-inf")
     out = {}
+    monkeypatch.setattr(fused_lstm, "FUSED_DM_STEP", True)
     for mode in ("reference", "fused"):
         _use(monkeypatch, mode)
         monkeypatch.setattr(fused_lstm, "MODE", "torch" if mode == "reference" else "fused")
@@ -339,14 +340,15 @@ def test_float32_exp_of_the_kernel_is_accurate_to_round_off():
     assert (got_h[fin].double() - ref_h[fin]).abs().max() < 4e-7
 
 
-@pytest.mark.parametrize("model", ["dm", "rnnprop"])
+@pytest.mark.parametrize("model", ["dm", "rnnprop", "dm-step-kernel"])
 def test_evaluate_on_mlp_matches_reference_cell(monkeypatch, model):
     """``l2o.evaluate`` (compiled, 2 seeds of mlp-orig, 40 steps) with the fused kernels gives the
     losses it gives with the reference cell, to float32 round-off."""
     from l2o import evaluate
 
+    monkeypatch.setattr(fused_lstm, "FUSED_DM_STEP", model == "dm-step-kernel")
     torch.manual_seed(0)
-    rule, task = RULES[model](), get_task("mlp-orig")
+    rule, task = RULES[model.split("-")[0]](), get_task("mlp-orig")
     res = {}
     for mode in ("reference", "fused"):
         _use(monkeypatch, mode)

@@ -112,8 +112,9 @@ class DMRule(LearnedRule):
     def step(self, grad: Tensor, state: DMState) -> tuple[Tensor, DMState]:
         """``delta [n, P]`` and the new state for gradient ``grad [n, P]``.
 
-        Without gradients on the CPU (evaluation), the whole step is one fused C++ kernel
-        (:func:`l2o.rules.fused_lstm.dm_step_cpu`: the same values to round-off)."""
+        Without gradients on the CPU (evaluation), the whole step can run as one fused C++ kernel
+        (:func:`l2o.rules.fused_lstm.dm_step_cpu`: the same values to round-off; off by default,
+        see :data:`l2o.rules.fused_lstm.FUSED_DM_STEP`)."""
         h1, c1, h2, c2 = (t.transpose(0, 1) for t in state)  # feature-first views
         if fused_lstm.dm_kernel_applies(grad):
             n, p = grad.shape

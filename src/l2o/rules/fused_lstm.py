@@ -323,9 +323,11 @@ def cpu_layer_weights(layer) -> tuple[Tensor, Tensor]:
     return wt, b
 
 
-#: Whether L2O-DM's step without gradients uses :func:`dm_step_cpu` (benchmarks switch it off
-#: to compare with the per-layer fused cells).
-FUSED_DM_STEP = True
+#: Whether L2O-DM's step without gradients uses :func:`dm_step_cpu`. Off: measured side by side
+#: in ``l2o.evaluate`` (10 seeds of mlp-orig) it was no faster than the per-layer fused cells,
+#: whose gates are MKL GEMMs (7.7 against 7.1 s per 100 steps; docs/performance.md). It is exact
+#: and tested; ``L2O_DM_STEP_KERNEL=1`` switches it on.
+FUSED_DM_STEP = os.environ.get("L2O_DM_STEP_KERNEL", "0").strip() == "1"
 
 
 def dm_kernel_applies(grad: Tensor) -> bool:

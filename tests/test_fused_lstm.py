@@ -356,3 +356,21 @@ def test_evaluate_on_mlp_matches_reference_cell(monkeypatch, model):
     rel = abs(res["fused"].losses - res["reference"].losses) / abs(res["reference"].losses)
     assert rel.max() < 1e-5, rel.max()
     print(model, "max relative difference", rel.max())
+
+
+def test_dm_step_op_without_the_kernel_uses_pytorch(monkeypatch):
+    """The one-kernel step's fallback (no compiler): the same op in PyTorch ops, same values."""
+    torch.manual_seed(4)
+    rule = DMRule()
+    grad = torch.randn(2, 300) * 1e-2
+    _use(monkeypatch, "reference")
+    with torch.no_grad():
+        ref = rule.step(grad, rule.init(torch.zeros(2, 300)))
+    _use(monkeypatch, "fused")
+    monkeypatch.setattr(fused_lstm, "FUSED_DM_STEP", True)
+    monkeypatch.setattr(fused_lstm, "_built", False)
+    with torch.no_grad():
+        got = rule.step(grad, rule.init(torch.zeros(2, 300)))
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-8)
+    for a, r in zip(got[1], ref[1], strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-7)

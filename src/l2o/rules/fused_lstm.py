@@ -20,7 +20,9 @@ autograd bookkeeping.
 
 **On the CPU** the step is a C++ kernel (``fused_lstm_cpu.cpp``, built on first use with the
 system's C++ compiler through ``torch.utils.cpp_extension`` and cached in ``TORCH_EXTENSIONS_DIR``,
-by default ``~/.cache/torch_extensions``): it processes the ``N`` coordinates in column tiles that
+by default ``~/.cache/torch_extensions``, under a name that carries the instruction set it was
+built for, see :data:`ISA_FLAGS`; without ``-ffast-math``, so NaN/inf propagate exactly as in the
+reference, see :data:`OPT_FLAGS`): it processes the ``N`` coordinates in column tiles that
 stay in the L2 cache, with one BLAS call for a tile's gates and one pass over the tile for their
 activations and the state update, forward and backward. It is registered as the custom op
 ``l2o::lstm_cell_cpu`` so that ``torch.compile`` keeps it as one opaque call. If the build fails

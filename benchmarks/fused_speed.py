@@ -13,7 +13,9 @@ run with ``OMP_NUM_THREADS=1``: the development machine is shared):
   ``fused`` (compiled step, fused cell) and ``fused-eager``.
 * ``rnnprop`` and ``scale``: the same epoch of their recipes, reference against fused (L2O-Scale
   has no LSTM; its figure shows the rest of the hot loop).
-* ``eval``: ``evaluate`` of L2O-DM, 10 seeds as one population, compiled, reference vs fused.
+* ``eval``: ``evaluate`` of L2O-DM, 10 seeds as one population, compiled: reference cell,
+  ``fused`` (the per-layer fused cell, the default) and ``fused-dm-step`` (the whole no-grad step
+  in one kernel).
 * ``memory``: peak resident memory of one 20-step L2O-DM unroll with its meta-gradient (eager),
   each variant in a fresh subprocess: ``ru_maxrss`` after minus before the unroll.
 
@@ -40,7 +42,11 @@ from l2o.rules import fused_lstm
 
 
 def use(mode: str) -> None:
-    """Select the LSTM cell of every rule: ``reference``, ``fused`` or ``torch``."""
+    """Select the LSTM cell of every rule: ``reference``, ``fused`` or ``torch``;
+    ``fused-dm-step`` is ``fused`` with L2O-DM's one-kernel no-grad step
+    (``fused_lstm.FUSED_DM_STEP``)."""
+    fused_lstm.FUSED_DM_STEP = mode == "fused-dm-step"
+    mode = "fused" if mode == "fused-dm-step" else mode
     fused_lstm.MODE = "fused" if mode == "reference" else mode
     fused_lstm.USE_FUSED = mode != "reference"
 
@@ -242,7 +248,8 @@ def main() -> None:
         variants["fused"], _ = trainer_epoch(model, "fused", True)
         report(model, alternate(variants, a.repeats), horizon, "l2o-reference")
     if "eval" not in skip:
-        variants = {m: eval_fn(m, a.eval_steps, a.eval_seeds) for m in ("reference", "fused")}
+        modes = ("reference", "fused", "fused-dm-step")
+        variants = {m: eval_fn(m, a.eval_steps, a.eval_seeds) for m in modes}
         report("eval", alternate(variants, a.repeats), a.eval_steps, "reference")
     if "memory" not in skip:
         result["memory"] = {m: memory(m) for m in ("reference", "fused", "torch")}

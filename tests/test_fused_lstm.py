@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import Tensor
 
 from l2o.rules import fused_lstm
 from l2o.rules.dm import DMRule
@@ -206,3 +207,170 @@ def test_failed_build_warns_and_falls_back_to_pytorch(monkeypatch, tmp_path):
         return fused_lstm.fused_lstm_cell(*args, offset, scale)
 
     assert torch.autograd.gradcheck(cell, (x, h, c, w, b))
+
+
+def _poison(t: Tensor) -> Tensor:
+    """``t`` with NaN, +inf and -inf written into a few columns (several tiles, vector lanes and
+    the scalar remainder of the C++ loops)."""
+    t = t.clone()
+    cols = {"nan": [3, 700, 1299], "+inf": [17, 515], "-inf": [40, 1030]}
+    values = {"nan": float("nan"), "+inf": float("inf"), "-inf": float("-inf")}
+    for kind, cs in cols.items():
+        for col in cs:
+            t.view(t.shape[0], -1)[(col * 7) % t.shape[0], col] = values[kind]
+    return t
+
+
+@pytest.mark.parametrize("where", ["x", "h", "c"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nan_and_inf_propagate_as_in_reference(monkeypatch, where, dtype):
+    """The kernel is built without finite-math assumptions: NaN/inf in the input or the state
+    give exactly the reference's NaN/inf (forward and every gradient; meta-training skips a
+    non-finite meta-gradient and evaluation flags diverged seeds, so they must not vanish)."""
+    _use(monkeypatch, "fused")
+    assert fused_lstm.cpu_kernel_available()
+    torch.manual_seed(5)
+    k, hidden, n, p = 2, 20, 1, 1300  # 1300 columns: three tiles of the C++ kernel
+    args = {
+        "x": torch.randn(k, n, p, dtype=dtype),
+        "h": torch.randn(hidden, n, p, dtype=dtype),
+        "c": torch.randn(hidden, n, p, dtype=dtype) * 3,
+    }
+    args[where] = _poison(args[where])
+    w = torch.randn(k + hidden, 4 * hidden, dtype=dtype) * 0.5
+    b = torch.randn(4 * hidden, dtype=dtype) * 0.5
+    offset, scale = (t.to(dtype) for t in gate_constants(hidden))
+    dh = torch.randn(hidden, n, p, dtype=dtype)
+    dc = torch.randn(hidden, n, p, dtype=dtype)
+
+    def run(cell):
+        leaves = [t.clone().requires_grad_(True) for t in (args["x"], args["h"], args["c"], w, b)]
+        h_new, c_new = cell(*leaves, offset, scale)
+        grads = torch.autograd.grad((h_new * dh).sum() + (c_new * dc).sum(), leaves)
+        return (h_new.detach(), c_new.detach(), *grads)
+
+    ref, got = run(lstm_cell), run(fused_lstm.fused_lstm_cell)
+    assert not torch.isfinite(ref[0]).all()  # the poison reached the output
+    names = ["h'", "c'", "dx", "dh", "dc", "dw", "db"]
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    for name, a, r in zip(names, got, ref, strict=True):
+        assert torch.equal(torch.isnan(a), torch.isnan(r)), f"{name}: NaN pattern differs"
+        assert torch.equal(torch.isposinf(a), torch.isposinf(r)), f"{name}: +inf differs"
+        assert torch.equal(torch.isneginf(a), torch.isneginf(r)), f"{name}: -inf differs"
+        fin = torch.isfinite(r)
+        torch.testing.assert_close(a[fin], r[fin], rtol=tol, atol=tol)
+    assert torch.isnan(got[5]).any()  # a NaN column poisons the weight gradient, as it must
+
+
+@pytest.mark.parametrize("model", ["dm", "rnnprop"])
+def test_nonfinite_gradient_gives_nonfinite_step_as_reference(monkeypatch, model):
+    """A rule fed a NaN/inf gradient returns the reference's NaN/inf deltas and a non-finite
+    meta-gradient (what makes the meta-step skip)."""
+    grad = torch.randn(2, 900) * 1e-3
+    grad[0, 5], grad[1, 600], grad[1, 601] = float("nan"), float("inf"), float("-inf")
+    out = {}
+    for mode in ("reference", "fused"):
+        _use(monkeypatch, mode)
+        torch.manual_seed(0)
+        rule = RULES[model]()
+        delta, state = rule.step(grad, rule.init(torch.zeros(2, 900)))
+        delta2, _ = rule.step(grad.nan_to_num(0.0, 0.0, 0.0), state)
+        meta = torch.autograd.grad(delta2.sum(), list(rule.parameters()), allow_unused=True)
+        out[mode] = (delta.detach(), delta2.detach(), *(m for m in meta if m is not None))
+    for a, r in zip(out["fused"], out["reference"], strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-6, equal_nan=True)
+    assert not torch.isfinite(out["fused"][2]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 63), (3, 5301)])
+def test_dm_step_kernel_matches_reference(monkeypatch, dtype, shape):
+    """L2O-DM's whole no-grad step in one kernel (LogAndSign, both layers, readout; partial and
+    full 64-column tiles): the reference's deltas and states over 5 steps, to round-off, with the
+    reference's NaN/inf where the gradient has them, and gradients spanning 1e-8 .. 1."""
+    torch.manual_seed(2)
+    rule = DMRule().to(dtype)
+    with torch.no_grad():  # saturated gates too
+        for p in rule.parameters():
+            p.mul_(3.0)
+    n, p = shape
+    grad = torch.randn(n, p, dtype=dtype) * 10.0 ** torch.randint(-8, 1, (n, p))
+    grad[0, p // 2] = float("nan")
+    grad[n - 1, p - 1] = float("inf")
+    grad[n - 1, 0] = float("-inf")
+    out = {}
+    monkeypatch.setattr(fused_lstm, "FUSED_DM_STEP", True)
+    for mode in ("reference", "fused"):
+        _use(monkeypatch, mode)
+        monkeypatch.setattr(fused_lstm, "MODE", "torch" if mode == "reference" else "fused")
+        assert fused_lstm.dm_kernel_applies(grad) is False  # gradients enabled
+        state, deltas = rule.init(torch.zeros(n, p, dtype=dtype)), []
+        with torch.no_grad():
+            assert fused_lstm.dm_kernel_applies(grad) == (mode == "fused")
+            for t in range(5):
+                delta, state = rule.step(grad if t == 0 else grad.nan_to_num(0, 0, 0) * t, state)
+                deltas.append(delta)
+        out[mode] = (torch.stack(deltas), *state)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for a, r in zip(out["fused"], out["reference"], strict=True):
+        assert torch.equal(torch.isnan(a), torch.isnan(r))
+        assert torch.equal(torch.isinf(a), torch.isinf(r))
+        fin = torch.isfinite(r)
+        torch.testing.assert_close(a[fin], r[fin], rtol=tol, atol=tol * r[fin].abs().max())
+    assert torch.isnan(out["fused"][0]).any()
+
+
+def test_float32_exp_of_the_kernel_is_accurate_to_round_off():
+    """The kernel's inline float32 exp (inside its sigmoid) against torch over the whole range:
+    a cell with one input, weights 1 and bias 0, so h' = o * tanh(i * tanh(j)) for gates = x."""
+    assert fused_lstm.cpu_kernel_available()
+    x = torch.linspace(-100.0, 100.0, 200_001).unsqueeze(0)
+    x = torch.cat([x, torch.tensor([[float("nan"), float("inf"), -float("inf"), 88.7, -87.4]])], 1)
+    n = x.shape[1]
+    wt = torch.ones(4, 2)  # H = 1: gates i, j, f, o all equal x (j pre-scaled below)
+    wt[1] *= 2.0
+    h, c = torch.zeros(1, n), torch.zeros(1, n)
+    got_h, got_c = torch.ops.l2o_fused_lstm.fwd(x, h, c, wt, torch.zeros(4), fused_lstm.CPU_TILE)
+    s = torch.sigmoid(x.double())
+    ref_c = s * torch.tanh(x.double())
+    ref_h = s * torch.tanh(ref_c)
+    assert torch.equal(torch.isnan(got_h), torch.isnan(ref_h))
+    fin = torch.isfinite(ref_h)
+    assert (got_c[fin].double() - ref_c[fin]).abs().max() < 4e-7
+    assert (got_h[fin].double() - ref_h[fin]).abs().max() < 4e-7
+
+
+@pytest.mark.parametrize("model", ["dm", "rnnprop", "dm-step-kernel"])
+def test_evaluate_on_mlp_matches_reference_cell(monkeypatch, model):
+    """``l2o.evaluate`` (compiled, 2 seeds of mlp-orig, 40 steps) with the fused kernels gives the
+    losses it gives with the reference cell, to float32 round-off."""
+    from l2o import evaluate
+
+    monkeypatch.setattr(fused_lstm, "FUSED_DM_STEP", model == "dm-step-kernel")
+    torch.manual_seed(0)
+    rule, task = RULES[model.split("-")[0]](), get_task("mlp-orig")
+    res = {}
+    for mode in ("reference", "fused"):
+        _use(monkeypatch, mode)
+        res[mode] = evaluate(rule, task, 40, [0, 1], compile=True)
+    rel = abs(res["fused"].losses - res["reference"].losses) / abs(res["reference"].losses)
+    assert rel.max() < 1e-5, rel.max()
+    print(model, "max relative difference", rel.max())
+
+
+def test_dm_step_op_without_the_kernel_uses_pytorch(monkeypatch):
+    """The one-kernel step's fallback (no compiler): the same op in PyTorch ops, same values."""
+    torch.manual_seed(4)
+    rule = DMRule()
+    grad = torch.randn(2, 300) * 1e-2
+    _use(monkeypatch, "reference")
+    with torch.no_grad():
+        ref = rule.step(grad, rule.init(torch.zeros(2, 300)))
+    _use(monkeypatch, "fused")
+    monkeypatch.setattr(fused_lstm, "FUSED_DM_STEP", True)
+    monkeypatch.setattr(fused_lstm, "_built", False)
+    with torch.no_grad():
+        got = rule.step(grad, rule.init(torch.zeros(2, 300)))
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-8)
+    for a, r in zip(got[1], ref[1], strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-7)

@@ -20,7 +20,9 @@ autograd bookkeeping.
 
 **On the CPU** the step is a C++ kernel (``fused_lstm_cpu.cpp``, built on first use with the
 system's C++ compiler through ``torch.utils.cpp_extension`` and cached in ``TORCH_EXTENSIONS_DIR``,
-by default ``~/.cache/torch_extensions``): it processes the ``N`` coordinates in column tiles that
+by default ``~/.cache/torch_extensions``, under a name that carries the instruction set it was
+built for, see :data:`ISA_FLAGS`; without ``-ffast-math``, so NaN/inf propagate exactly as in the
+reference, see :data:`OPT_FLAGS`): it processes the ``N`` coordinates in column tiles that
 stay in the L2 cache, with one BLAS call for a tile's gates and one pass over the tile for their
 activations and the state update, forward and backward. It is registered as the custom op
 ``l2o::lstm_cell_cpu`` so that ``torch.compile`` keeps it as one opaque call. If the build fails
@@ -35,6 +37,7 @@ reference cell everywhere; benchmarks compare them in one run, see docs/performa
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import warnings
@@ -142,6 +145,54 @@ _build_lock = threading.Lock()
 _built: bool | None = None  # None: not tried yet
 
 
+#: Instruction-set flags per ``torch.backends.cpu.get_cpu_capability()``: only what the CPU
+#: running PyTorch is known to have (never ``-march=native``), and the extension's name carries
+#: the ISA, so a cache directory shared by machines with different CPUs never loads a library
+#: built for another instruction set (an illegal-instruction crash).
+ISA_FLAGS = {
+    "AVX512": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl"],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c"],
+}
+#: Optimisation flags. Not ``-ffast-math``: its finite-math-only would let the compiler assume no
+#: NaN/inf, and meta-training relies on them propagating (a non-finite meta-gradient skips the
+#: meta-step; evaluation flags diverged seeds). The kernel source declares glibc's vector ``exp``
+#: itself so that the pointwise loops still vectorise (``-fno-math-errno`` allows the call);
+#: ``-ffp-contract=fast`` lets ``a += w * x`` be one FMA (gcc's ISO C++ mode turns it off).
+OPT_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast"]
+
+
+def isa() -> str:
+    """The instruction set the kernel is built for: ``avx512``, ``avx2`` or ``generic``."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return "generic"
+    cap = torch.backends.cpu.get_cpu_capability()
+    return cap.lower() if cap in ISA_FLAGS else "generic"
+
+
+def build_kernel(
+    name: str | None = None, cflags: list[str] | None = None, namespace: str | None = None
+) -> str:
+    """Build (or load from the cache) the C++ kernel and register its ops; returns the ops'
+    namespace. The defaults are the package's build (``l2o_fused_lstm_cpu_<isa>``); other
+    ``name``/``cflags``/``namespace`` build variants for benchmarks."""
+    from torch.utils import cpp_extension
+
+    target = isa()
+    flags = list(cflags) if cflags is not None else [*OPT_FLAGS, *ISA_FLAGS.get(target.upper(), [])]
+    if namespace is not None:
+        flags.append(f"-DL2O_LSTM_NS={namespace}")
+    cpp_extension.load(
+        name=name or f"l2o_fused_lstm_cpu_{target}",
+        sources=[str(_SOURCE)],
+        extra_cflags=flags,
+        is_python_module=False,
+        verbose=False,
+    )
+    return namespace or "l2o_fused_lstm"
+
+
 def cpu_kernel_available() -> bool:
     """Build (once per process; the compiled library is cached on disk) and load the C++ kernel.
     ``False``, with one warning, if that fails or ``L2O_LSTM=torch``."""
@@ -153,15 +204,7 @@ def cpu_kernel_available() -> bool:
             _built = False
             if MODE == "fused":
                 try:
-                    from torch.utils import cpp_extension
-
-                    cpp_extension.load(
-                        name="l2o_fused_lstm_cpu",
-                        sources=[str(_SOURCE)],
-                        extra_cflags=["-O3", "-march=native", "-ffast-math"],
-                        is_python_module=False,
-                        verbose=False,
-                    )
+                    build_kernel()
                     _built = hasattr(torch.ops.l2o_fused_lstm, "fwd")
                 except Exception as err:  # no compiler, headers, ...
                     warnings.warn(
@@ -267,3 +310,79 @@ def fused_lstm_cell(
     else:
         h_new, c_new = FusedLSTMCell.apply(*args, sigmoid_tanh)
     return h_new.view(hidden, n, p), c_new.view(hidden, n, p)
+
+
+# ---------------------------------------------------------------------------------------------
+# L2O-DM's whole step in one kernel, without gradients (evaluation).
+
+
+def cpu_layer_weights(layer) -> tuple[Tensor, Tensor]:
+    """An :class:`~l2o.rules.lstm.LSTMLayer`'s effective CPU weights ``(wt [4H, in + H], b [4H])``:
+    forget bias folded in and ``j`` scaled by 2, as :func:`fused_lstm_cell` passes them."""
+    scale = layer.gate_scale
+    wt = (layer.w_gates * scale).t().contiguous()
+    b = ((layer.b_gates + layer.gate_offset) * scale).contiguous()
+    return wt, b
+
+
+#: Whether L2O-DM's step without gradients uses :func:`dm_step_cpu`. Off: measured side by side
+#: in ``l2o.evaluate`` (10 seeds of mlp-orig) it was no faster than the per-layer fused cells,
+#: whose gates are MKL GEMMs (7.7 against 7.1 s per 100 steps; docs/performance.md). It is exact
+#: and tested; ``L2O_DM_STEP_KERNEL=1`` switches it on.
+FUSED_DM_STEP = os.environ.get("L2O_DM_STEP_KERNEL", "0").strip() == "1"
+
+
+def dm_kernel_applies(grad: Tensor) -> bool:
+    """Whether :meth:`l2o.rules.dm.DMRule.step` runs :func:`dm_step_cpu`: the fused mode, a CPU
+    tensor and no gradient wanted (evaluation under ``torch.no_grad()``)."""
+    return (
+        FUSED_DM_STEP
+        and MODE == "fused"
+        and grad.device.type == "cpu"
+        and not torch.is_grad_enabled()
+    )
+
+
+@torch.library.custom_op("l2o::dm_step_cpu", mutates_args=())
+def dm_step_cpu(
+    g: Tensor,
+    h1: Tensor,
+    c1: Tensor,
+    h2: Tensor,
+    c2: Tensor,
+    w1: Tensor,
+    b1: Tensor,
+    w2: Tensor,
+    b2: Tensor,
+    wo: Tensor,
+    bo: Tensor,
+    k: float,
+    scale: float,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """L2O-DM's step for ``N`` coordinates, feature-first: ``(delta [N], h1', c1', h2', c2')``
+    from ``g [N]`` and states ``[H, N]``, with the layers' :func:`cpu_layer_weights` and the
+    readout ``wo [H2]``, ``bo [1]``. The C++ kernel does LogAndSign, both layers and the readout
+    per 64-column tile (intermediates stay in cache); without it, the same in PyTorch ops."""
+    if cpu_kernel_available():
+        return torch.ops.l2o_fused_lstm.dm_step(
+            g, h1, c1, h2, c2, w1, b1, w2, b2, wo, bo, k, scale, eps
+        )
+    log = torch.clamp_min(torch.log(g.abs() + eps) / k, -1.0)
+    sign = torch.clamp(g * math.exp(k), -1.0, 1.0)
+    x = torch.stack([log, sign], dim=0)
+    h1n, c1n = _forward_cpu(_gates_pre(w1, b1, x, h1).sigmoid_(), c1)
+    h2n, c2n = _forward_cpu(_gates_pre(w2, b2, h1n, h2).sigmoid_(), c2)
+    delta = scale * torch.addmm(bo.unsqueeze(1), wo.unsqueeze(0), h2n)[0]
+    return delta, h1n, c1n, h2n, c2n
+
+
+@dm_step_cpu.register_fake
+def _(g, h1, c1, h2, c2, w1, b1, w2, b2, wo, bo, k, scale, eps):
+    return (
+        torch.empty_like(g),
+        torch.empty_like(h1),
+        torch.empty_like(h1),
+        torch.empty_like(h2),
+        torch.empty_like(h2),
+    )

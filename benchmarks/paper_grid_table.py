@@ -3,7 +3,7 @@
 Every cell is read from an ``l2o evaluate`` output folder named ``paper-NAME-TASK[-SUFFIX]``
 under ``--evals`` (e.g. ``runs/eval/paper-dm-cl-mlp-relu-s3``); where several exist the one
 with the most seed-steps wins. The cell shows our ``final_ln_loss`` mean [min, max], the run's
-size, and the paper's value at 10,000 steps (METHOD.md section 7). Missing cells say so.
+size, and the paper's value at 10,000 steps (docs/method.md section 7). Missing cells say so.
 
     python benchmarks/paper_grid_table.py --evals runs/eval > /tmp/grid.md
 """

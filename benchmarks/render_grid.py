@@ -3,8 +3,8 @@
 Usage: python benchmarks/render_grid.py eval_grid.json --out docs/results
 
 Writes ``grid.md`` (final ln loss mean [min, max] and ln loss at 2,000 steps per optimizer and
-task, beside the paper's values of METHOD.md section 7) and one ``<task>.png`` per task with the
-curves (ln of the mean over seeds, min-max band), styled like the paper's figures.
+task, beside the paper's values of docs/method.md section 7) and one ``<task>.png`` per task
+with the curves (ln of the mean over seeds, min-max band), styled like the paper's figures.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 TASKS = ["mlp-orig", "mlp-relu", "mlp-deeper", "conv-mnist", "conv-cifar"]
-#: METHOD.md section 7 (read from the paper's figures): ln training loss at 10,000 iterations.
+#: docs/method.md section 7 (read from the paper's figures): ln training loss at 10,000 iterations.
 PAPER = {
     "paper:dm": [-0.1, 1.45, 0.05, 1.72, 0.834],
     "paper:dm-aug": [-3.06, -0.87, -0.80, -0.95, 0.83],

@@ -1,5 +1,5 @@
 """L2O-DM and RNNprop: semantics against NumPy references, the Rule contract, checkpoint I/O, and
-parity with the authors' trained weights on MLP-orig (METHOD.md 1.1, 1.2, 6.1, 7)."""
+parity with the authors' trained weights on MLP-orig (docs/method.md 1.1, 1.2, 6.1, 7)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ needs_paper = pytest.mark.skipif(
 
 
 # --------------------------------------------------------------------------------------------
-# NumPy references, written from METHOD.md 1.1/1.2 in the row-major [coordinates, features] form.
+# NumPy references, written from docs/method.md 1.1/1.2 in the row-major [coordinates, features]
+# form.
 
 
 def np_sigmoid(x):
@@ -406,7 +407,8 @@ def test_load_npz_state_leaves_weights_alone_on_error():
 
 
 # --------------------------------------------------------------------------------------------
-# Parity with the paper: the authors' weights on MLP-orig, test split, one seed (METHOD.md 6.1).
+# Parity with the paper: the authors' weights on MLP-orig, test split, one seed
+# (docs/method.md 6.1).
 #
 # Reference values: ../shared/data/paper-checkpoints/README.md, ln of the mean loss over the 100
 # steps ending at each step, from one run of unknown seed. Measured with this implementation over

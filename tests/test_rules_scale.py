@@ -1,5 +1,6 @@
-"""L2O-Scale (METHOD.md 1.3): weights, an independent reference of the per-step maths, populations,
-state structure, the straight-through clip, gradient flow and a short run on mlp-orig."""
+"""L2O-Scale (docs/method.md 1.3): weights, an independent reference of the per-step maths,
+populations, state structure, the straight-through clip, gradient flow and a short run on
+mlp-orig."""
 
 from __future__ import annotations
 
@@ -159,7 +160,7 @@ def reference_state(state: ScaleState, i: int) -> dict:
 
 
 def reference_step(rule: ScaleRule, grad: np.ndarray, st: dict) -> tuple[np.ndarray, dict]:
-    """One step of METHOD.md 1.3 for one instance; returns (eta * D, new state)."""
+    """One step of docs/method.md 1.3 for one instance; returns (eta * D, new state)."""
     mean_lr = np.mean(np.concatenate([ts["lr"] for ts in st["tensors"].values()]))
     h2 = st["h2"]
     w_upd, w_s, w_d, w_lr = (

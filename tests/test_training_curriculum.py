@@ -1,4 +1,4 @@
-"""The curriculum's stage controller (METHOD.md 4.2), driven by scripted validation scores, and
+"""The curriculum's stage controller (docs/method.md 4.2), driven by scripted validation scores, and
 its wiring into the trainer (stage checkpoints, restore on advance, the end of training)."""
 
 import json

@@ -1,4 +1,4 @@
-"""Off-policy imitation (METHOD.md 5): the teacher's trajectory and labels, the loss and its
+"""Off-policy imitation (docs/method.md 5): the teacher's trajectory and labels, the loss and its
 gradient, the joint variant, self-improving, and imitation epochs inside the trainer."""
 
 import pytest

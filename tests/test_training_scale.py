@@ -1,6 +1,6 @@
-"""L2O-Scale meta-training (METHOD.md 3.2): the log-normalized objective's surrogate, the RMSProp
-meta-optimizer with zeroed non-finite entries and value clipping, the ``scale`` recipe end to end
-(train, validate, checkpoint, evaluate, resume, LearnedOptimizer) and resuming older runs."""
+"""L2O-Scale meta-training (docs/method.md 3.2): the log-normalized objective's surrogate, the
+RMSProp meta-optimizer with zeroed non-finite entries and value clipping, the ``scale`` recipe end
+to end (train, validate, checkpoint, evaluate, resume, LearnedOptimizer) and resuming older runs."""
 
 import json
 import math

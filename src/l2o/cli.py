@@ -1050,7 +1050,7 @@ PRETRAINED_NOTES = (
     "here: final ln loss on TASK in this package's harness, mean over seeds and [min, max] (per "
     "seed: ln of the mean loss over the last 100 steps; lower is better); paper:* as measured in "
     "docs/results.md, ours from the checkpoint's card. run: seeds x steps of that measurement. "
-    "paper: the paper's value at step 10,000 (METHOD.md 7) of the figure curve the file was "
+    "paper: the paper's value at step 10,000 (docs/method.md 7) of the figure curve the file was "
     "published for (ours: the curve of the same recipe). Adam: Adam in the same harness "
     "(paper:* rows: lr 0.01, 10 seeds x 10,000 steps; ours: the card's Adam run, same size). "
     "'not measured': no run yet; 'diverged': every seed diverged.",

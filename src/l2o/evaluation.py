@@ -1,16 +1,15 @@
 """Evaluation: run a rule on a task for ``steps`` steps over several seeds, as one population.
 
-The protocol is the paper's (METHOD.md 6.1 and 0.7): every seed starts from a fresh initialisation;
-each step takes the gradient on a fresh minibatch of the evaluation split (the test split for the
-paper's tasks) and applies the rule; the value recorded for step ``t`` is the minibatch loss of
-``x_{t}`` (after ``t`` updates) on a fresh minibatch that the update producing it never saw. To
-halve the work, that fresh minibatch is also the one the next gradient is taken on: the recorded
-value is the same random variable as in the original, which used two separate batches.
+The protocol is the paper's (docs/method.md 6.1 and 0.7): every seed starts from a fresh
+initialisation; each step takes the gradient on a fresh minibatch of the evaluation split (the test
+split for the paper's tasks) and applies the rule; the value recorded for step ``t`` is the
+minibatch loss of ``x_{t}`` (after ``t`` updates) on a fresh minibatch that the update producing it
+never saw. To halve the work, that fresh minibatch is also the one the next gradient is taken on:
+the recorded value is the same random variable as in the original, which used two separate batches.
 
-Summaries follow the project's decisions (METHOD.md 0.7): ``final_ln_loss`` is, per seed, ln of the
-mean loss over the last 100 steps; a seed whose loss turns NaN/inf or exceeds 1e6 is reported as
-diverged, never silently dropped.
-"""
+Summaries follow the project's decisions (docs/method.md 0.7): ``final_ln_loss`` is, per seed, ln of
+the mean loss over the last 100 steps; a seed whose loss turns NaN/inf or exceeds 1e6 is reported as
+diverged, never silently dropped."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ unfinished (:func:`load_eval` says so, and ``l2o evaluate`` re-runs into it with
 The figure is styled like the paper's: x = iterations, y = natural log of the training loss, one
 line per optimizer at ln(mean over seeds), with a min-max band over seeds. Lines are averaged over
 bins of steps (about 200 points per curve), as the paper plots a point every ~100 iterations
-(METHOD.md 6.4).
+(docs/method.md 6.4).
 """
 
 from __future__ import annotations

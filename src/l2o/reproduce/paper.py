@@ -1,4 +1,4 @@
-"""The paper's figures and the values read from them (METHOD.md section 7).
+"""The paper's figures and the values read from them (docs/method.md section 7).
 
 Each figure is a set of curves (learned optimizers, each a training recipe, or a curve we cannot
 reproduce) drawn on a set of tasks. ``PAPER_VALUES`` holds ln(training loss) at 10,000 steps as
@@ -17,7 +17,7 @@ def _row(*values: float) -> dict[str, float]:
     return dict(zip(TASKS, values, strict=True))
 
 
-#: ln(loss) at 10,000 steps, read from Figures 2, 3 and 5 (METHOD.md section 7).
+#: ln(loss) at 10,000 steps, read from Figures 2, 3 and 5 (docs/method.md section 7).
 PAPER_VALUES: dict[str, dict[str, float]] = {
     "L2O-DM": _row(-0.1, 1.45, 0.05, 1.72, 0.834),
     "L2O-DM-AUG": _row(-3.06, -0.87, -0.80, -0.95, 0.83),
@@ -29,7 +29,7 @@ PAPER_VALUES: dict[str, dict[str, float]] = {
     "L2O-Scale": _row(-1.0, -2.9, -0.95, -0.37, 0.76),
     "L2O-Scale-CL-IL": _row(-1.8, -3.9, -1.95, -1.55, 0.42),
     "L2O-Scale-Meta": _row(-0.42, -2.5, -2.2, -2.7, 0.67),
-    # Figure 6 (Conv-MNIST only; presumably L2O-Scale, METHOD.md 5.3).
+    # Figure 6 (Conv-MNIST only; presumably L2O-Scale, docs/method.md 5.3).
     "Baseline": {"conv-mnist": -0.38},
     "Self Improving": {"conv-mnist": -0.85},
     "Imitation Learning": {"conv-mnist": -1.59},
@@ -85,7 +85,7 @@ SCALE_META = CurveSpec(
     "L2O-Scale-Meta",
     None,
     reason="L2O-Scale meta-trained on a broad problem set; the project has no task "
-    "distributions yet (METHOD.md 0 item 6)",
+    "distributions yet (docs/method.md 0 item 6)",
 )
 
 FIGURES: dict[str, Figure] = {
@@ -128,7 +128,7 @@ DEMO = Figure(
 
 
 def paper_value_of_weights(weights: str, task: str) -> float | None:
-    """The paper's 10,000-step value (METHOD.md section 7) of the curve the authors' checkpoint
+    """The paper's 10,000-step value (docs/method.md section 7) of the curve the authors' checkpoint
     ``weights`` (e.g. ``"paper:dm-cl-il"``) was published for, on ``task``; ``None`` if unknown."""
     for fig in FIGURES.values():
         for curve in fig.curves:

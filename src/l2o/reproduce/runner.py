@@ -794,7 +794,7 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> Writte
         section = [
             f"## {fig.title}\n",
             f"![{fig.name}]({fig.name}.png)\n",
-            "Cells: ours / the paper's value at 10,000 steps (METHOD.md section 7). The paper "
+            "Cells: ours / the paper's value at 10,000 steps (docs/method.md section 7). The paper "
             "reports no analytic baselines.\n",
             *rows,
             "",

@@ -1,6 +1,6 @@
 """L2O-DM: the coordinatewise two-layer LSTM optimizer of Andrychowicz et al. (2016), "Learning to
 learn by gradient descent by gradient descent", in the configuration Chen et al. (2020), "Training
-Stronger Baselines for Learning to Optimize", use for every problem (METHOD.md 1.1).
+Stronger Baselines for Learning to Optimize", use for every problem (docs/method.md 1.1).
 
 Per coordinate, with one set of weights shared by all coordinates of all instances:
 

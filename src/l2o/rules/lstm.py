@@ -3,7 +3,8 @@
 L2O-DM (Andrychowicz et al. 2016, "Learning to learn by gradient descent by gradient descent") and
 the authors' RNNprop (Lv, Jiang, Li 2017, as re-implemented by Chen et al. 2020, "Training Stronger
 Baselines for Learning to Optimize") apply one small network to every scalar coordinate of the
-optimizee: all coordinates of all instances form one batch of ``N = n * P`` rows (METHOD.md 1.1).
+optimizee: all coordinates of all instances form one batch of ``N = n * P`` rows
+(docs/method.md 1.1).
 
 The layers reproduce dm-sonnet 1's ``snt.LSTM`` exactly, because the authors' trained weights
 (``../shared/data/paper-checkpoints``) assume it:
@@ -134,7 +135,7 @@ class LSTMLayer(nn.Module):
     """A sonnet-1 LSTM layer with parameters ``w_gates [in + H, 4H]`` and ``b_gates [4H]``.
 
     Both are initialised from a truncated normal with std ``1 / sqrt(in + H)`` (sonnet-1's
-    default for both, so the bias starts non-zero; METHOD.md 1.1). Inputs and state are
+    default for both, so the bias starts non-zero; docs/method.md 1.1). Inputs and state are
     feature-first: ``[in, n, P]`` and ``[H, n, P]`` (see :func:`lstm_cell`).
     """
 

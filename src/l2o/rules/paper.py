@@ -5,7 +5,7 @@ Optimize" (NeurIPS 2020) published the networks behind their figures in
 ``VITA-Group/L2O-Training-Techniques`` (MIT licence). They are shipped here converted, unchanged in
 value, to NumPy ``.npz`` files whose keys are the sonnet variable names (``lstm_1/w_gates``, ...),
 and loaded into :class:`~l2o.rules.dm.DMRule` / :class:`~l2o.rules.rnnprop.RNNpropRule`, whose
-semantics they assume (METHOD.md 1.1, 1.2). Keep :data:`PAPER_ATTRIBUTION` wherever they go.
+semantics they assume (docs/method.md 1.1, 1.2). Keep :data:`PAPER_ATTRIBUTION` wherever they go.
 
 ``load_paper_rule("paper:dm-cl-il")`` returns the paper's strongest L2O-DM.
 """

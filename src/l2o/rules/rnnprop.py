@@ -1,6 +1,6 @@
 """RNNprop (Lv, Jiang, Li 2017, "Learning Gradient Descent: Better Generalization and Longer
 Horizons") as re-implemented by Chen et al. (2020), "Training Stronger Baselines for Learning to
-Optimize", inside the L2O-DM code base (METHOD.md 1.2).
+Optimize", inside the L2O-DM code base (docs/method.md 1.2).
 
 Per coordinate, with one set of weights shared by all coordinates of all instances:
 

@@ -1,6 +1,6 @@
 """L2O-Scale: the hierarchical RNN optimizer of Wichrowska et al. (2017), "Learned Optimizers that
 Scale and Generalize", with the architecture Chen et al. (2020), "Training Stronger Baselines for
-Learning to Optimize", keep unchanged (METHOD.md 1.3).
+Learning to Optimize", keep unchanged (docs/method.md 1.3).
 
 Why a hierarchy: a coordinatewise RNN (L2O-DM) sees one scalar gradient at a time. L2O-Scale adds
 a per-tensor RNN and a global RNN that summarise all coordinates of a tensor and all tensors of the
@@ -32,13 +32,13 @@ timescales, cell sizes ``(10, 20, 20)``):
     (the :class:`~l2o.rules.base.Rule` convention ``x <- x + delta``);
 12. the global GRU (20 units, no extra bias) on the mean over tensors of the new ``h1``.
 
-8,349 weights (METHOD.md 1.3's table): ``gru0`` 690, ``param_affine`` and ``global_affine`` 630
+8,349 weights (docs/method.md 1.3's table): ``gru0`` 690, ``param_affine`` and ``global_affine`` 630
 each, ``gru1`` 2,580, ``layer_affine`` 1,260, ``gru2`` 2,460, ``init_h0/h1/h2`` 10 + 20 + 20,
 readouts ``update_weights`` 10, ``scl_decay_*`` 11, ``inp_decay_*`` 11, ``lr_*`` 11,
 ``grad_shortcut`` 4, ``lr_momentum_logit`` 1, ``stepsize_offset`` 1. Matrices are stored
 ``[in, out]`` like the original's ``Matrix`` variables.
 
-**Imitation learning** (METHOD.md 5.2). :meth:`ScaleRule.step_with_update` returns the positive
+**Imitation learning** (docs/method.md 5.2). :meth:`ScaleRule.step_with_update` returns the positive
 step ``update_step = eta * D`` (the original's sign: ``x <- x - update_step``), which the IL loss
 compares with the label ``x_prev - x_teacher``; :meth:`ScaleRule.step` is
 ``-update_step``. The rule never holds ``x``, so moving the optimizee by the teacher's step
@@ -56,7 +56,7 @@ data-dependent branching: ``torch.compile(rule.step, fullgraph=True)`` traces it
 GEMM path a non-finite value in one tensor also turns the other tensors' values NaN, since
 ``inf * 0`` is NaN; that only happens once a run has diverged.)
 
-**Interpretations of METHOD.md** (where it leaves room):
+**Interpretations of the method (docs/method.md)** (where it leaves room):
 
 * "If a tensor's ms is all zeros, s is treated as 0" is applied per instance, per tensor and per
   timescale ``i`` (the original tests each ``ms_i`` of a variable separately); all timescales
@@ -66,9 +66,11 @@ GEMM path a non-finite value in one tensor also turns the other tensors' values 
   is the upper one.
 * The gradient shortcut ``w_short`` is initialised ``N(1/K, (0.1/sqrt(K))^2)``, i.e.
   ``N(0.25, 0.05^2)``.
-* The global GRU's input is the mean over tensors of the new ``h1`` (METHOD.md step 12). The
+* The global GRU's input is the mean over tensors of the new ``h1`` (docs/method.md 1.3, step
+  12). The
   original TensorFlow code passes only the *last* tensor's ``h1`` (a loop variable used after
-  its loop); ``global_input="last"`` reproduces that, the default ``"mean"`` follows METHOD.md.
+  its loop); ``global_input="last"`` reproduces that, the default ``"mean"`` follows
+  docs/method.md 1.3.
 * Randomness: the initial log learning rates are the only random draw of :meth:`init`. They are
   drawn on the CPU in float64 (so a seed gives the same values on every device and dtype) from the
   global torch RNG, from one ``torch.Generator``, or from one generator per instance. Callers
@@ -253,7 +255,7 @@ class ScaleRule(LearnedRule):
         readout_init_scale: the same for ``w_upd``, ``w_s``, ``w_d`` (0.5).
         scale_decay_bias_init: ``b_s`` (3.2), input_decay_bias_init: ``b_d`` (2.2).
         lr_momentum_logit_init: ``logit_m`` (3.2), stepsize_offset_init: ``o`` (-1).
-        global_input: ``"mean"`` (METHOD.md: the mean over tensors of the new ``h1``) or
+        global_input: ``"mean"`` (docs/method.md 1.3: the mean over tensors of the new ``h1``) or
             ``"last"`` (the original code's leaked loop variable: the last tensor's ``h1``).
 
     ``step`` is differentiable with respect to the weights (and the learned initial states, when
@@ -335,7 +337,7 @@ class ScaleRule(LearnedRule):
         return 3 * self.num_gradient_scales
 
     def reset_parameters(self) -> None:
-        """METHOD.md 1.3's initialisation (the GRUs and affines initialise themselves)."""
+        """docs/method.md 1.3's initialisation (the GRUs and affines initialise themselves)."""
         for module in (self.gru0, self.gru1, self.gru2):
             module.gates.reset_parameters()
             module.candidate.reset_parameters()
@@ -437,7 +439,7 @@ class ScaleRule(LearnedRule):
         segment_ids: Tensor,
         generator: torch.Generator | Sequence[torch.Generator] | None,
     ) -> Tensor:
-        """``[n, P]`` float64 on the CPU (or the generators' device): METHOD.md 1.3's initial
+        """``[n, P]`` float64 on the CPU (or the generators' device): docs/method.md 1.3's initial
         log learning rates."""
         low = math.log(self.init_lr_range[0]) / 2.0
         high = math.log(self.init_lr_range[1]) / 2.0

@@ -58,7 +58,7 @@ class BatchStream(ABC):
     def sample(self, size: int, generators: Sequence[torch.Generator] | None = None) -> Any:
         """A batch of ``size`` *distinct* examples per instance, drawn uniformly without
         replacement (the whole pool if it is smaller), e.g. L2O-Scale's meta-objective subset
-        (METHOD.md 3.2). ``generators`` (one per instance) give the draws their own random
+        (docs/method.md 3.2). ``generators`` (one per instance) give the draws their own random
         stream; by default the stream's own.
 
         A stream without an example pool (the quadratic's fixed problem, a user module's

@@ -1,4 +1,5 @@
-"""Conv-MNIST and Conv-CIFAR (METHOD.md 2.1), batched over a population with grouped convolutions.
+"""Conv-MNIST and Conv-CIFAR (docs/method.md 2.1), batched over a population with grouped
+convolutions.
 
 Two conv blocks (conv + bias -> BatchNorm -> ReLU -> 2x2 max-pool, all VALID) and a linear layer,
 with the original's quirks as defaults and options: BatchNorm in training mode with gamma/beta as

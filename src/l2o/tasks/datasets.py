@@ -1,8 +1,8 @@
 """Image-classification data for the tasks: splits on a device, and minibatch streams.
 
 Minibatches of 128 are drawn uniformly *with replacement* each time a loss is built, as in the
-original L2O-DM/RNNprop code (METHOD.md 2.1); ``sampling="epoch"`` instead shuffles without
-replacement epoch by epoch, as L2O-Scale's code does (METHOD.md 2.2).
+original L2O-DM/RNNprop code (docs/method.md 2.1); ``sampling="epoch"`` instead shuffles without
+replacement epoch by epoch, as L2O-Scale's code does (docs/method.md 2.2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""MNIST multi-layer perceptrons: MLP-orig, MLP-ReLU and MLP-deeper (METHOD.md 2.1).
+"""MNIST multi-layer perceptrons: MLP-orig, MLP-ReLU and MLP-deeper (docs/method.md 2.1).
 
 784 -> hidden -> 10 with linear logits and mean softmax cross-entropy over a batch of 128. All
 weights and biases start from N(0, 0.01^2) (the original's initialiser for every tensor).
@@ -27,7 +27,7 @@ class MLPTask(ImageClassificationTask):
         hidden: hidden layer widths, e.g. ``(20,)``.
         activation: ``sigmoid`` (MLP-orig), ``relu`` (MLP-ReLU) or ``tanh``.
         init_std: std of the N(0, std^2) initialiser of every tensor (0.01 in the paper; L2O-Scale
-            meta-trains from 1.0, METHOD.md 2.2).
+            meta-trains from 1.0, docs/method.md 2.2).
         batch_size: minibatch size (128).
         sampling: ``replacement`` (L2O-DM/RNNprop) or ``epoch`` (L2O-Scale).
     """

@@ -1,4 +1,4 @@
-"""The quadratic problem of L2O-DM (METHOD.md 2.1): f(x) = mean_i ||W_i x_i - y_i||^2.
+"""The quadratic problem of L2O-DM (docs/method.md 2.1): f(x) = mean_i ||W_i x_i - y_i||^2.
 
 128 independent 10-dimensional least-squares problems per instance (1,280 parameters); W_i and
 y_i ~ U[0, 1] are drawn once per instance from its seed and stay fixed along the trajectory.

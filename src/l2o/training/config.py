@@ -101,7 +101,7 @@ def _positive_or_none(**values: float | None) -> None:
 
 @dataclass
 class MetaConfig:
-    """The meta-optimizer and what it does with a meta-gradient (METHOD.md 3.1, 3.2).
+    """The meta-optimizer and what it does with a meta-gradient (docs/method.md 3.1, 3.2).
 
     Attributes:
         optimizer: ``adam`` (TF's defaults, L2O-DM/RNNprop) or ``rmsprop`` (L2O-Scale's: decay
@@ -140,7 +140,7 @@ class ObjectiveConfig:
     """The unroll's meta-loss.
 
     Attributes:
-        kind: ``sum`` of the T + 1 minibatch losses (METHOD.md 3.1) or L2O-Scale's
+        kind: ``sum`` of the T + 1 minibatch losses (docs/method.md 3.1) or L2O-Scale's
             ``log-normalized`` mean of log objectives on a data subset (3.2). Flat: ``objective``.
         subset: examples in the meta-objective subset, redrawn every unroll (used by
             ``log-normalized`` and ``final-objective``; the original's 10,000). Flat:
@@ -190,7 +190,7 @@ class ValidationConfig:
 
 @dataclass
 class CurriculumConfig:
-    """The validation-gated curriculum (METHOD.md 4).
+    """The validation-gated curriculum (docs/method.md 4).
 
     Attributes:
         horizons: training horizons of the stages, increasing, or ``None`` for a fixed
@@ -215,7 +215,7 @@ class CurriculumConfig:
 
 @dataclass
 class ImitationConfig:
-    """Imitation of a teacher optimizer (METHOD.md 5).
+    """Imitation of a teacher optimizer (docs/method.md 5).
 
     Attributes:
         ratios: probability that an epoch is an imitation epoch, per curriculum stage (the last
@@ -325,7 +325,7 @@ _SECTIONS: dict[str, type] = {
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a meta-training run (METHOD.md 3.1 defaults).
+    """Everything that defines a meta-training run (docs/method.md 3.1 defaults).
 
     Build one from flat settings with :meth:`from_flat` (what recipes do) or from a saved record
     with :meth:`from_dict`.

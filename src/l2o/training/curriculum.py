@@ -7,7 +7,7 @@ rule; at the first non-improving validation once the minimum is met, the stage's
 restored and training moves to the next horizon, where the restored rule's score on the new
 validation horizon is the bar to beat. A stage that never improves within its minimum ends
 training. The last stage is validated on its own horizon and then ends training (the original
-indexes past the end of its list there, METHOD.md 4.2 and 8.2). The truncation length of the
+indexes past the end of its list there, docs/method.md 4.2 and 8.2). The truncation length of the
 unrolls never changes.
 
 :class:`Curriculum` is a pure state machine with no knowledge of models or training: the trainer
@@ -23,9 +23,9 @@ from enum import StrEnum
 from itertools import pairwise
 from typing import Any
 
-#: L2O-DM and RNNprop's training horizons (METHOD.md 4.1).
+#: L2O-DM and RNNprop's training horizons (docs/method.md 4.1).
 DM_HORIZONS = (100, 200, 500, 1000, 1500, 2000, 2500, 3000)
-#: L2O-Scale's training horizons (METHOD.md 4.1).
+#: L2O-Scale's training horizons (docs/method.md 4.1).
 SCALE_HORIZONS = (100, 200, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 4500, 5000)
 
 
@@ -71,7 +71,7 @@ class CurriculumState:
 
 @dataclass(frozen=True)
 class Curriculum:
-    """A list of training horizons and the rule that moves between them (METHOD.md 4.2).
+    """A list of training horizons and the rule that moves between them (docs/method.md 4.2).
 
     Attributes:
         horizons: training horizon of each stage, increasing.

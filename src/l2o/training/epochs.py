@@ -1,4 +1,4 @@
-"""What one training epoch does, chosen once per run (METHOD.md 3.1, 3.2, 5).
+"""What one training epoch does, chosen once per run (docs/method.md 3.1, 3.2, 5).
 
 An **on-policy** epoch starts a fresh optimizee population and runs ``horizon / T`` unrolls of
 the rule, one meta-step per unroll. What an unroll's meta-loss is depends on the run and is an
@@ -153,7 +153,7 @@ class UnrollObjective(Protocol):
 
 
 class SumObjective:
-    """The sum of the unroll's ``T + 1`` minibatch losses (METHOD.md 3.1)."""
+    """The sum of the unroll's ``T + 1`` minibatch losses (docs/method.md 3.1)."""
 
     def __init__(self, task: Task, length: int) -> None:
         self.task, self.length = task, length
@@ -170,7 +170,8 @@ class SumObjective:
 
 
 class LogObjective(SumObjective):
-    """L2O-Scale's log-normalized objective on a fresh data subset per unroll (METHOD.md 3.2)."""
+    """L2O-Scale's log-normalized objective on a fresh data subset per unroll (docs/method.md
+    3.2)."""
 
     def __init__(self, task: Task, length: int, subset: int, device) -> None:
         super().__init__(task, length)
@@ -197,7 +198,7 @@ class LogObjective(SumObjective):
 
 class JointImitation(SumObjective):
     """On-policy imitation: the sum plus ``weight`` times the imitation loss against a teacher
-    fed the same gradients, in the stages whose imitation ratio is positive (METHOD.md 5)."""
+    fed the same gradients, in the stages whose imitation ratio is positive (docs/method.md 5)."""
 
     def __init__(self, task: Task, length: int, config: TrainConfig, teachers: Teachers) -> None:
         super().__init__(task, length)
@@ -323,7 +324,7 @@ def sharded_on_policy_epoch(
 
 
 class OffPolicyImitation:
-    """Off-policy imitation epochs (METHOD.md 5.1/5.2): in a fraction of the epochs a teacher
+    """Off-policy imitation epochs (docs/method.md 5.1/5.2): in a fraction of the epochs a teacher
     optimizes a fresh population over the current horizon and the rule, fed the teacher's
     gradients from a fresh state, is trained to output the teacher's steps, one meta-step per
     unroll."""

@@ -1,4 +1,5 @@
-"""Off-policy imitation of a teacher optimizer (Chen et al. 2020; METHOD.md 5.1, 5.2 and 0 item 4).
+"""Off-policy imitation of a teacher optimizer (Chen et al. 2020; docs/method.md 5.1, 5.2 and 0
+item 4).
 
 A *teacher* (Adam at lr 0.01 by default, any analytic rule, or a frozen learned rule for
 self-improving) optimizes a fresh optimizee population. Along its trajectory we record, per step,
@@ -35,7 +36,7 @@ from l2o.rules.analytic import ANALYTIC_RULES
 from l2o.tasks.base import Task
 from l2o.training.unroll import Stepper, Trajectory, loss_and_grad, step_function, unroll
 
-#: The teacher learning rate of the paper (Adam, RMSProp and NAG all at 0.01; METHOD.md 5.1).
+#: The teacher learning rate of the paper (Adam, RMSProp and NAG all at 0.01; docs/method.md 5.1).
 TEACHER_LR = 0.01
 #: The teacher name that means "the rule's own best checkpoint of the previous stage".
 SELF_TEACHER = "self"

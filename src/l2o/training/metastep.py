@@ -22,7 +22,7 @@ from torch import Tensor
 
 from l2o.training.config import MetaConfig, MetaOptimizer, NonFinite, TrainConfig
 
-#: L2O-Scale's RMSProp meta-optimizer (METHOD.md 3.2): decay and epsilon.
+#: L2O-Scale's RMSProp meta-optimizer (docs/method.md 3.2): decay and epsilon.
 RMSPROP_DECAY = 0.9
 RMSPROP_EPS = 1e-20
 

@@ -1,4 +1,4 @@
-"""Named training recipes at three budgets (METHOD.md sections 0 and 3.1).
+"""Named training recipes at three budgets (docs/method.md sections 0 and 3.1).
 
 ``paper`` keeps the original epoch counts; ``cpu`` and ``demo`` scale the number of epochs and the
 validation cadence down so a run takes about 20-30 minutes and under 5 minutes on a 2-core CPU,
@@ -15,11 +15,11 @@ from l2o.training.curriculum import DM_HORIZONS, SCALE_HORIZONS
 
 BUDGETS = ("demo", "cpu", "paper")
 
-#: L2O-Scale's meta learning rate in the original code (RMSProp, METHOD.md 3.2 and 8.1 item 9).
+#: L2O-Scale's meta learning rate in the original code (RMSProp, docs/method.md 3.2 and 8.1 item 9).
 PAPER_SCALE_META_LR = 1e-6
 #: The ``scale`` recipe's meta learning rate (chosen by measurement: docs/scale.md).
 SCALE_META_LR = 3e-3
-#: L2O-DM's imitation probability per curriculum stage (METHOD.md 5.1: none in stage 0).
+#: L2O-DM's imitation probability per curriculum stage (docs/method.md 5.1: none in stage 0).
 DM_IMITATION_RATIOS = [0.0, 0.1, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]
 
 _SCALE_SETTINGS: dict[str, Any] = {
@@ -37,7 +37,7 @@ _SCALE_SETTINGS: dict[str, Any] = {
     "task_options": {"init_std": 1.0, "sampling": "epoch"},
 }
 #: L2O-Scale with the paper's techniques: its longer schedule, imitation in 10% of the
-#: meta-iterations with the meta-optimizer shared and the 1/T weights (METHOD.md 4.1, 5.2).
+#: meta-iterations with the meta-optimizer shared and the 1/T weights (docs/method.md 4.1, 5.2).
 _SCALE_CL_SETTINGS: dict[str, Any] = {
     **_SCALE_SETTINGS,
     "curriculum": list(SCALE_HORIZONS),

@@ -1,8 +1,9 @@
 """The meta-training loop: epochs of truncated-BPTT unrolls, validation, best checkpoint, resume.
 
-One epoch (METHOD.md 3.1) starts a fresh optimizee population, runs ``horizon`` steps in unrolls
-of ``unroll_length`` and takes one meta-optimizer step per unroll. Every ``evaluation_period``
-epochs the rule is validated on fresh populations and the best rule so far is saved.
+One epoch (docs/method.md 3.1) starts a fresh optimizee population, runs ``horizon`` steps in
+unrolls of ``unroll_length`` and takes one meta-optimizer step per unroll. Every
+``evaluation_period`` epochs the rule is validated on fresh populations and the best rule so far is
+saved.
 
 The trainer composes parts chosen once, when it is built: what an unroll's meta-loss is
 (:mod:`l2o.training.epochs`: the sum, L2O-Scale's log objective, or joint imitation), whether some
@@ -387,7 +388,7 @@ class Trainer:
         )
         if action is Action.IMPROVED or action is Action.CONTINUE:
             return [record]
-        # The stage is over: go back to its best rule (weights only, METHOD.md 4.2); when
+        # The stage is over: go back to its best rule (weights only, docs/method.md 4.2); when
         # training ends, to the run's best (the last improvement saved).
         advance = action is Action.ADVANCE
         weights = self.stage_best_weights.get(stage) if advance else self.best_weights

@@ -1,4 +1,4 @@
-"""One truncated unroll of meta-training (METHOD.md 3.1): T optimizee steps, one meta-loss.
+"""One truncated unroll of meta-training (docs/method.md 3.1): T optimizee steps, one meta-loss.
 
 The meta-loss of an unroll is ``sum_{t=0..T} f_t`` with ``f_t = L_{B_t}(c * x_t)`` on fresh
 minibatches. Optimizee gradients are treated as constants (no second derivatives), so the only
@@ -11,7 +11,7 @@ hot loop and its memory, with identical meta-gradients.
 The last evaluation of an unroll (at ``x_T``) is carried into the next unroll as its step-0
 evaluation: statistically the same as the original's separate fresh batch for ``f_0``.
 
-**L2O-Scale's log-normalized objective** (METHOD.md 3.2, :func:`unroll_log_objective`). The
+**L2O-Scale's log-normalized objective** (docs/method.md 3.2, :func:`unroll_log_objective`). The
 meta-loss of an unroll is ``mean_j log(F_j / (f_init + eps) + eps)`` over the list
 ``F = [f_D(x_start), f_D(x_0), ..., f_D(x_{T-1})]``, where ``f_D`` is the loss on a large
 *meta-objective subset* ``D`` of the training data (drawn afresh for each unroll), ``x_start =
@@ -87,7 +87,7 @@ def start_trajectory(
     scale: Tensor | None = None,
     seeds: Sequence[int] | None = None,
 ) -> Trajectory:
-    """Initial state: random scaling replaces ``x0`` by ``x0 / c`` (METHOD.md 3.1). ``seeds``
+    """Initial state: random scaling replaces ``x0`` by ``x0 / c`` (docs/method.md 3.1). ``seeds``
     seed the rule's own random initial state, if it has one (L2O-Scale)."""
     x = x0 / scale if scale is not None else x0
     loss, grad = loss_and_grad(task, x, stream.next(), scale)

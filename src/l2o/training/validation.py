@@ -1,4 +1,5 @@
-"""Validation: the score that gates the best checkpoint and the curriculum (METHOD.md 3.1, 4.2).
+"""Validation: the score that gates the best checkpoint and the curriculum (docs/method.md 3.1,
+4.2).
 
 Every validation runs ``validation.epochs`` fresh trajectories as one batched population, on the
 training split, with no scaling and no meta-updates, never touching the training state. Its
@@ -101,7 +102,7 @@ def _trajectory_losses(rule, task: Task, horizon: int, seeds: list[int], device)
 def final_objective(
     rule, task: Task, horizon: int, seeds: list[int], subset_size: int, device
 ) -> float:
-    """L2O-Scale's validation score (METHOD.md 3.2, without its leaks, 8.2 item 4): fresh
+    """L2O-Scale's validation score (docs/method.md 3.2, without its leaks, 8.2 item 4): fresh
     optimizees and a fresh rule state per seed, ``horizon - 1`` updates on training minibatches,
     then the meta-objective ``f_D`` (the last entry of the last unroll's list) on a subset drawn
     from the validation seeds' own stream; the mean over seeds."""

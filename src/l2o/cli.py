@@ -58,8 +58,8 @@ ThreadsOpt = Annotated[
     int | None,
     typer.Option(
         min=1,
-        help="CPU threads (default: the cores this process may use, shared among running l2o "
-        "jobs; OMP_NUM_THREADS if set)",
+        help="CPU threads (default: OMP_NUM_THREADS if set, else 1: fastest for l2o's small "
+        "operations; use more processes for more cores)",
     ),
 ]
 

@@ -43,7 +43,7 @@ from l2o.training.config import (
     TimeWeight,
     TrainConfig,
 )
-from l2o.training.distributed import ShardReducer, shard_bounds
+from l2o.training.distributed import ShardReducer, resolve_shard_size, shard_bounds
 from l2o.training.imitation import Teachers, TeacherStream, imitation_unroll, joint_unroll
 from l2o.training.metastep import MetaStep, StepOutcome
 from l2o.training.unroll import (
@@ -242,6 +242,41 @@ def make_objective(config: TrainConfig, task: Task, teachers: Teachers, device) 
     if config.meta_objective.kind is Objective.LOG_NORMALIZED:
         return LogObjective(task, config.unroll_length, config.meta_objective.subset, device)
     return SumObjective(task, config.unroll_length)
+
+
+def plan_shards(
+    config: TrainConfig,
+    saved_shard_size: int | None,
+    reducer: ShardReducer,
+    task: Task,
+    teachers: Teachers,
+    device,
+) -> tuple[TrainConfig, ShardPlan | None, list[UnrollObjective] | None]:
+    """The run's shard plan: ``(config with its shard size, plan, one objective per local
+    shard)``, or no plan (``None, None``) for today's unsharded path. A resumed run without a
+    shard size keeps the one it was saved with (``saved_shard_size``); several ranks with none
+    set use one instance per shard. Raises ``ValueError`` for what cannot be sharded yet."""
+    c = config
+    if c.meta.shard_size is None and saved_shard_size is not None:
+        c = c.replace(shard_size=saved_shard_size)
+    size = resolve_shard_size(c.meta.shard_size, c.instances, reducer.ranks.world)
+    if size != c.meta.shard_size:
+        c = c.replace(shard_size=size)
+    if size is None:
+        return c, None, None
+    unsharded = {
+        "joint imitation": c.imitation.enabled and c.imitation.mode is ImitationMode.JOINT,
+        "the log-normalized objective": c.meta_objective.kind is Objective.LOG_NORMALIZED,
+        "a carried rule state": c.rule_state is RuleState.CARRY,
+    }
+    for what, used in unsharded.items():
+        if used:
+            raise ValueError(
+                f"{what} cannot be sharded across processes yet; train this recipe in one "
+                "process (--nproc 1, no --shard-size)"
+            )
+    plan = ShardPlan.make(c.instances, size, reducer)
+    return c, plan, [make_objective(c, task, teachers, device) for _ in plan.local]
 
 
 def on_policy_epoch(

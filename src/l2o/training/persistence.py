@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from l2o._version import __version__
 from l2o.checkpoint import load_training_state, save_training_state
 from l2o.io import append_jsonl, atomic_write_json, read_jsonl_torn_tail, write_jsonl
-from l2o.training.config import TrainConfig
+from l2o.training.config import NonFinite, TrainConfig
 from l2o.training.curriculum import CurriculumState
 
 TRAIN_STATE = "train_state.pt"
@@ -197,3 +198,44 @@ def rule_card(trainer) -> dict[str, Any]:
     if c.imitation.enabled:
         card["imitation_epochs"] = trainer.imitation_epochs
     return card
+
+
+@dataclass
+class TrainSummary:
+    """What a finished (or interrupted) run reports."""
+
+    out_dir: str
+    epochs_done: int
+    best_score: float | None
+    best_epoch: int | None
+    skipped_meta_steps: int
+    seconds: float
+    interrupted: bool
+    best_path: str | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def summarize(trainer, saved_epoch: int, interrupted: bool) -> TrainSummary:
+    """The :class:`TrainSummary` of ``trainer``'s run; ``saved_epoch`` is the last epoch in the
+    training state (where a resume starts)."""
+    c = trainer.config
+    extra: dict[str, Any] = {}
+    if c.meta.nonfinite is NonFinite.ZERO:
+        extra["zeroed_meta_steps"] = trainer.zeroed
+    if trainer.curriculum is not None:
+        extra.update(stage=trainer.stage.stage, horizon=trainer.horizon)
+        extra["curriculum_end"] = trainer.stage.reason
+    if c.imitation.enabled:
+        extra["imitation_epochs"] = trainer.imitation_epochs
+    best = trainer.run_dir.best
+    return TrainSummary(
+        out_dir=str(trainer.out),
+        epochs_done=saved_epoch,
+        best_score=trainer.best_score,
+        best_epoch=trainer.best_epoch,
+        skipped_meta_steps=trainer.skipped,
+        seconds=trainer.seconds,
+        interrupted=interrupted,
+        best_path=str(best) if best.exists() else None,
+        extra=extra,
+    )

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -41,20 +40,18 @@ from l2o.tasks.base import derive_seed
 from l2o.training.config import (
     ImitationMode,
     ImitationOptimizer,
-    NonFinite,
-    Objective,
     RuleState,
     TrainConfig,
 )
-from l2o.training.curriculum import Action, Curriculum, CurriculumState
-from l2o.training.distributed import ShardReducer, current, resolve_shard_size
+from l2o.training.curriculum import Curriculum, CurriculumState
+from l2o.training.distributed import ShardReducer, current
 from l2o.training.epochs import (
     OffPolicyImitation,
     Population,
-    ShardPlan,
     epoch_record,
     make_objective,
     on_policy_epoch,
+    plan_shards,
     sharded_on_policy_epoch,
 )
 from l2o.training.imitation import Teachers, freeze
@@ -62,26 +59,13 @@ from l2o.training.metastep import MetaStep, StepOutcome, make_meta_optimizer
 from l2o.training.persistence import (
     RunDirectory,
     TrainingError,
+    TrainSummary,
     capture_state,
     restore_state,
     rule_card,
+    summarize,
 )
-from l2o.training.validation import validate, validation_due
-
-
-@dataclass
-class TrainSummary:
-    """What a finished (or interrupted) run reports."""
-
-    out_dir: str
-    epochs_done: int
-    best_score: float | None
-    best_epoch: int | None
-    skipped_meta_steps: int
-    seconds: float
-    interrupted: bool
-    best_path: str | None
-    extra: dict[str, Any] = field(default_factory=dict)
+from l2o.training.validation import act_on_validation, validate, validation_due
 
 
 class Trainer:
@@ -132,38 +116,16 @@ class Trainer:
         self.step_fn = CompiledStep(self.rule.step) if c.compile else self.rule.step
 
     def _make_shard_plan(self, state: dict[str, Any] | None) -> None:
-        """Shard the meta-steps when a shard size is set or several ranks run (a resumed run
-        without a shard size keeps the one it was saved with)."""
-        c = self.config
-        if state is not None and c.meta.shard_size is None:
-            saved = json.loads(state["config"]).get("shard_size")
-            if saved is not None:
-                self.config = c = c.replace(shard_size=saved)
+        """Shard the meta-steps when a shard size is set or several ranks run
+        (:func:`~l2o.training.epochs.plan_shards`)."""
+        saved = json.loads(state["config"]).get("shard_size") if state is not None else None
         try:
-            size = resolve_shard_size(c.meta.shard_size, c.instances, self.ranks.world)
+            self.config, self.plan, self.objectives = plan_shards(
+                self.config, saved, self.reducer, self.task, self.teachers, self.device
+            )
         except ValueError as err:
             raise TrainingError(str(err)) from None
-        if size != c.meta.shard_size:
-            self.config = c = c.replace(shard_size=size)
-        self.meta_step.meta = c.meta
-        self.plan = self.objectives = None
-        if size is None:
-            return
-        unsharded = {
-            "joint imitation": c.imitation.enabled and c.imitation.mode is ImitationMode.JOINT,
-            "the log-normalized objective": c.meta_objective.kind is Objective.LOG_NORMALIZED,
-            "a carried rule state": c.rule_state is RuleState.CARRY,
-        }
-        for what, used in unsharded.items():
-            if used:
-                raise TrainingError(
-                    f"{what} cannot be sharded across processes yet; train this recipe in one "
-                    "process (--nproc 1, no --shard-size)"
-                )
-        self.plan = ShardPlan.make(c.instances, size, self.reducer)
-        self.objectives = [
-            make_objective(c, self.task, self.teachers, self.device) for _ in self.plan.local
-        ]
+        self.meta_step.meta = self.config.meta
 
     def _make_optimizers(self) -> None:
         c = self.config
@@ -341,71 +303,8 @@ class Trainer:
                 emit(record)
         except KeyboardInterrupt:
             interrupted = True
-        extra: dict[str, Any] = {}
-        if c.meta.nonfinite is NonFinite.ZERO:
-            extra["zeroed_meta_steps"] = self.zeroed
-        if self.curriculum is not None:
-            extra.update(stage=self.stage.stage, horizon=self.horizon)
-            extra["curriculum_end"] = self.stage.reason
-        if c.imitation.enabled:
-            extra["imitation_epochs"] = self.imitation_epochs
-        best = self.run_dir.best
-        return TrainSummary(
-            out_dir=str(self.out),
-            epochs_done=saved,
-            best_score=self.best_score,
-            best_epoch=self.best_epoch,
-            skipped_meta_steps=self.skipped,
-            seconds=self.seconds,
-            interrupted=interrupted,
-            best_path=str(best) if best.exists() else None,
-            extra=extra,
-        )
+        return summarize(self, saved, interrupted)
 
     def _validation_events(self) -> list[dict[str, Any]]:
-        """Validate, act on the result (save, advance, stop) and describe what happened."""
-        horizon = self.validation_horizon
-        score = self.validate(horizon)
-        record = {"type": "validation", "epoch": self.epoch, "horizon": horizon, "score": score}
-        if self.curriculum is None:
-            improved = self.best_score is None or score < self.best_score
-            if improved:
-                self.best_score, self.best_epoch = score, self.epoch
-                self.save_best()
-            return [{**record, "best": self.best_score, "improved": improved}]
-        stage = self.stage.stage
-        self.stage, action = self.curriculum.observe(self.stage, score)
-        improved = action is Action.IMPROVED
-        if improved:
-            self.best_score, self.best_epoch = score, self.epoch
-            self.save_best(stage)
-        ongoing = not self.stage.done and action is not Action.ADVANCE
-        record.update(
-            stage=stage,
-            best=self.stage.best if ongoing else None,
-            improved=improved,
-            action=action.value,
-        )
-        if action is Action.IMPROVED or action is Action.CONTINUE:
-            return [record]
-        # The stage is over: go back to its best rule (weights only, docs/method.md 4.2); when
-        # training ends, to the run's best (the last improvement saved).
-        advance = action is Action.ADVANCE
-        weights = self.stage_best_weights.get(stage) if advance else self.best_weights
-        path = self.run_dir.stage_best(stage) if advance else self.run_dir.best
-        if weights is None and path.exists():  # saved before a resume
-            weights = load_rule_checkpoint(path, device=self.device).state_dict()
-        if weights is not None:
-            self.rule.load_state_dict(weights)
-        if not advance:
-            end = {"type": "end", "epoch": self.epoch, "stage": self.stage.stage}
-            return [record, {**end, "reason": self.stage.reason}]
-        if self.config.schedule.reset_meta_optimizer_on_advance:
-            self._make_optimizers()
-        self._load_self_teacher()
-        baseline_horizon = self.validation_horizon
-        baseline = self.validate(baseline_horizon)
-        self.stage = self.curriculum.start_stage(self.stage, baseline, self.epoch)
-        stage_record = {"type": "stage", "epoch": self.epoch, "stage": self.stage.stage}
-        stage_record.update(horizon=self.horizon, validation_horizon=baseline_horizon)
-        return [record, {**stage_record, "baseline": baseline}]
+        """Validate and act on the score (:func:`~l2o.training.validation.act_on_validation`)."""
+        return act_on_validation(self)

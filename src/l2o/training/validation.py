@@ -23,13 +23,15 @@ the interrupted epoch and its validation.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
+from l2o.checkpoint import load_rule_checkpoint
 from l2o.evaluation import evaluate
 from l2o.tasks.base import Task
 from l2o.training.config import TrainConfig, ValidationScore
-from l2o.training.curriculum import CurriculumState
+from l2o.training.curriculum import Action, CurriculumState
 from l2o.training.distributed import ShardReducer, block
 from l2o.training.unroll import ObjectiveSubsets, start_trajectory, unroll
 
@@ -133,3 +135,55 @@ def validation_due(config: TrainConfig, epoch: int, stage: CurriculumState | Non
     if stage is None:
         return epoch % config.validation.period == 0
     return (epoch - stage.start_epoch) % config.stage_evaluation_period(stage.stage) == 0
+
+
+def act_on_validation(trainer) -> list[dict[str, Any]]:
+    """Validate ``trainer``'s rule and act on the score as the curriculum says: keep the best
+    (save it), continue, advance to the next stage (restore the stage's best weights, reset the
+    meta-optimizer if configured, load the self-teacher, validate the baseline of the new stage)
+    or stop (restore the run's best). Returns the metric records describing what happened."""
+    horizon = trainer.validation_horizon
+    score = trainer.validate(horizon)
+    record = {"type": "validation", "epoch": trainer.epoch, "horizon": horizon, "score": score}
+    if trainer.curriculum is None:
+        improved = trainer.best_score is None or score < trainer.best_score
+        if improved:
+            trainer.best_score, trainer.best_epoch = score, trainer.epoch
+            trainer.save_best()
+        return [{**record, "best": trainer.best_score, "improved": improved}]
+    stage = trainer.stage.stage
+    trainer.stage, action = trainer.curriculum.observe(trainer.stage, score)
+    improved = action is Action.IMPROVED
+    if improved:
+        trainer.best_score, trainer.best_epoch = score, trainer.epoch
+        trainer.save_best(stage)
+    ongoing = not trainer.stage.done and action is not Action.ADVANCE
+    record.update(
+        stage=stage,
+        best=trainer.stage.best if ongoing else None,
+        improved=improved,
+        action=action.value,
+    )
+    if action is Action.IMPROVED or action is Action.CONTINUE:
+        return [record]
+    # The stage is over: go back to its best rule (weights only, docs/method.md 4.2); when
+    # training ends, to the run's best (the last improvement saved).
+    advance = action is Action.ADVANCE
+    weights = trainer.stage_best_weights.get(stage) if advance else trainer.best_weights
+    path = trainer.run_dir.stage_best(stage) if advance else trainer.run_dir.best
+    if weights is None and path.exists():  # saved before a resume
+        weights = load_rule_checkpoint(path, device=trainer.device).state_dict()
+    if weights is not None:
+        trainer.rule.load_state_dict(weights)
+    if not advance:
+        end = {"type": "end", "epoch": trainer.epoch, "stage": trainer.stage.stage}
+        return [record, {**end, "reason": trainer.stage.reason}]
+    if trainer.config.schedule.reset_meta_optimizer_on_advance:
+        trainer._make_optimizers()
+    trainer._load_self_teacher()
+    baseline_horizon = trainer.validation_horizon
+    baseline = trainer.validate(baseline_horizon)
+    trainer.stage = trainer.curriculum.start_stage(trainer.stage, baseline, trainer.epoch)
+    stage_record = {"type": "stage", "epoch": trainer.epoch, "stage": trainer.stage.stage}
+    stage_record.update(horizon=trainer.horizon, validation_horizon=baseline_horizon)
+    return [record, {**stage_record, "baseline": baseline}]

@@ -60,6 +60,7 @@ def test_unroll_meta_gradient_matches_reference(monkeypatch, model, n, dtype, mo
         assert (g - r).abs().max() <= rtol * scale, (g - r).abs().max() / scale
 
 
+@pytest.mark.usefixtures("sample_data")
 def test_unroll_on_mnist_mlp_matches_reference(monkeypatch):
     """L2O-DM on the meta-training task itself (15,910 coordinates, several C++ tiles)."""
     ref = _meta_unroll(monkeypatch, "reference", "dm", 1, torch.float32, "mlp-orig", 5)
@@ -340,6 +341,7 @@ def test_float32_exp_of_the_kernel_is_accurate_to_round_off():
     assert (got_h[fin].double() - ref_h[fin]).abs().max() < 4e-7
 
 
+@pytest.mark.usefixtures("sample_data")
 @pytest.mark.parametrize("model", ["dm", "rnnprop", "dm-step-kernel"])
 def test_evaluate_on_mlp_matches_reference_cell(monkeypatch, model):
     """``l2o.evaluate`` (compiled, 2 seeds of mlp-orig, 40 steps) with the fused kernels gives the

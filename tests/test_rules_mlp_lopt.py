@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-import l2o.rules.mlp_lopt as mlp_module
 from l2o.layout import Layout
+from l2o.rules import segments
 from l2o.rules.mlp_lopt import MLPLOptRule, MLPLOptState
 
 SHAPES = {"w": (3, 4), "b": (4,), "s": (1,)}
@@ -153,7 +153,7 @@ def test_index_path_equals_dense_path(monkeypatch):
     rule = perturbed_rule()
     x = torch.randn(2, LAYOUT.num_params, dtype=torch.float64)
     dense = rule.init(x, LAYOUT)
-    monkeypatch.setattr(mlp_module, "DENSE_SEGMENT_MAX_TENSORS", 1)
+    monkeypatch.setattr(segments, "DENSE_SEGMENT_MAX_TENSORS", 1)
     sparse = rule.init(x, LAYOUT)
     assert sparse.segment_matrix.shape == (2, 3, 0)
     torch.manual_seed(2)

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import l2o
-import l2o.rules.scale as scale_module
 from l2o.checkpoint import load_rule_checkpoint, save_rule
 from l2o.layout import Layout
+from l2o.rules import segments
 from l2o.rules.scale import ScaleRule, ScaleState, straight_through_clip
 from l2o.tasks import get_task
 
@@ -307,7 +307,7 @@ def test_index_path_equals_dense_path(monkeypatch):
     rule = perturbed_rule()
     x = torch.zeros(2, 5, dtype=torch.float64)
     dense = rule.init(x, LAYOUT, generator=torch.Generator().manual_seed(0))
-    monkeypatch.setattr(scale_module, "DENSE_SEGMENT_MAX_TENSORS", 1)
+    monkeypatch.setattr(segments, "DENSE_SEGMENT_MAX_TENSORS", 1)
     sparse = rule.init(x, LAYOUT, generator=torch.Generator().manual_seed(0))
     assert dense.segment_matrix.shape == (2, 2, 5) and sparse.segment_matrix.shape == (2, 2, 0)
     torch.manual_seed(1)

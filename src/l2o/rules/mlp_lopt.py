@@ -64,6 +64,7 @@ from torch import Tensor, nn
 from l2o.layout import Layout
 from l2o.rules.base import Generators, LearnedRule
 from l2o.rules.lstm import Linear
+from l2o.rules.segments import segment_state, tensor_sum, to_coordinates
 
 #: Upstream's momentum decays.
 MOMENTUM_DECAYS = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
@@ -71,10 +72,6 @@ MOMENTUM_DECAYS = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
 TIME_SCALES = (1, 3, 10, 30, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000)
 #: Added to the per-tensor mean square before the reciprocal square root.
 NORMALIZER_EPS = 1e-5
-#: Per-tensor means use a dense one-hot ``[T, P]`` matrix (GEMMs) up to this many tensors and
-#: ``T * P`` elements, and ``index_add`` / ``index_select`` beyond.
-DENSE_SEGMENT_MAX_TENSORS = 16
-DENSE_SEGMENT_LIMIT = 1 << 24
 
 
 class MLPLOptState(NamedTuple):
@@ -98,26 +95,6 @@ class MLPLOptState(NamedTuple):
     segment_ids: Tensor
     tensor_sizes: Tensor
     segment_matrix: Tensor
-
-
-def _tensor_mean(values: Tensor, state: MLPLOptState) -> Tensor:
-    """Per-instance, per-tensor means: ``[F, n, P]`` -> ``[F, n, T]``."""
-    matrix = state.segment_matrix[0]  # [T, P] or [T, 0]
-    sizes = state.tensor_sizes[0]
-    if matrix.shape[-1] == values.shape[-1]:
-        sums = torch.matmul(values, matrix.t())
-    else:
-        sums = values.new_zeros(*values.shape[:-1], matrix.shape[0])
-        sums = sums.index_add(-1, state.segment_ids[0], values)
-    return sums / sizes
-
-
-def _to_coordinates(values: Tensor, state: MLPLOptState) -> Tensor:
-    """Each coordinate gets its tensor's value: ``[F, n, T]`` -> ``[F, n, P]``."""
-    matrix = state.segment_matrix[0]
-    if matrix.shape[-1] == state.segment_ids.shape[-1]:
-        return torch.matmul(values, matrix)
-    return values.index_select(-1, state.segment_ids[0])
 
 
 class MLPLOptRule(LearnedRule):
@@ -195,20 +172,14 @@ class MLPLOptRule(LearnedRule):
             layout = Layout.from_shapes({"x": (p,)})
         if layout.num_params != p:
             raise ValueError(f"layout has {layout.num_params} parameters but x has {p}")
-        t = layout.num_tensors
-        seg = layout.segment_ids(x.device)
-        sizes = torch.tensor(layout.sizes(), dtype=x.dtype, device=x.device)
-        if t <= DENSE_SEGMENT_MAX_TENSORS and t * p <= DENSE_SEGMENT_LIMIT:
-            matrix = torch.nn.functional.one_hot(seg, t).to(x.dtype).t().contiguous()
-        else:
-            matrix = x.new_zeros(t, 0)
+        segment_ids, tensor_sizes, segment_matrix = segment_state(layout, x)
         return MLPLOptState(
             param=x.detach().clone(),
             momenta=x.new_zeros(len(self.decays), n, p).transpose(0, 1),
             iteration=torch.zeros(n, dtype=torch.int64, device=x.device),
-            segment_ids=seg.view(1, p).expand(n, p),
-            tensor_sizes=sizes.view(1, t).expand(n, t),
-            segment_matrix=matrix.unsqueeze(0).expand(n, *matrix.shape),
+            segment_ids=segment_ids,
+            tensor_sizes=tensor_sizes,
+            segment_matrix=segment_matrix,
         )
 
     def step(self, grad: Tensor, state: MLPLOptState) -> tuple[Tensor, MLPLOptState]:
@@ -220,8 +191,10 @@ class MLPLOptRule(LearnedRule):
 
         # Per-tensor second-moment normalisation of [g, p, m_1..m_K].
         raw = torch.cat([grad.unsqueeze(0), state.param.unsqueeze(0), momenta], dim=0)
-        inv_rms = torch.rsqrt(_tensor_mean(raw * raw, state) + NORMALIZER_EPS)  # [F, n, T]
-        features = raw * _to_coordinates(inv_rms, state)  # [F, n, P]
+        inv_rms = torch.rsqrt(
+            tensor_sum(raw * raw, state) / state.tensor_sizes[0] + NORMALIZER_EPS
+        )  # [F, n, T]
+        features = raw * to_coordinates(inv_rms, state)  # [F, n, P]
 
         # First layer: the step embedding is one bias per instance.
         t = state.iteration.to(grad.dtype)

@@ -91,6 +91,7 @@ from torch import Tensor, nn
 
 from l2o.layout import Layout
 from l2o.rules.base import LearnedRule
+from l2o.rules.segments import segment_state, tensor_sum, to_coordinates
 
 #: The original's lower clip of the log learning rate ("log(min int32) - 1").
 MIN_LOG_LR = -33.0
@@ -98,11 +99,6 @@ MIN_LOG_LR = -33.0
 MS_EPS = 1e-12
 #: Added under every square root and logarithm of a mean square.
 RMS_EPS = 1e-16
-#: Per-tensor sums and broadcasts use a dense one-hot ``[T, P]`` matrix (GEMMs) when ``T`` is at
-#: most :data:`DENSE_SEGMENT_MAX_TENSORS` and ``T * P`` at most this many elements, and
-#: ``index_add`` / ``index_select`` otherwise (no memory cost, slower on the CPU).
-DENSE_SEGMENT_LIMIT = 1 << 24
-DENSE_SEGMENT_MAX_TENSORS = 16
 
 
 class ScaleState(NamedTuple):
@@ -141,33 +137,6 @@ class ScaleState(NamedTuple):
 def straight_through_clip(x: Tensor, low: float, high: float) -> Tensor:
     """``clamp(x, low, high)`` in the forward pass, the identity in the backward pass."""
     return x + (x.clamp(low, high) - x).detach()
-
-
-def segment_sum(values: Tensor, segment_ids: Tensor, num_segments: int) -> Tensor:
-    """Sums over the last dimension by segment: ``[..., P]`` -> ``[..., num_segments]``."""
-    out = values.new_zeros(*values.shape[:-1], num_segments)
-    return out.index_add(-1, segment_ids, values)
-
-
-def _tensor_sum(values: Tensor, state: ScaleState) -> Tensor:
-    """Per-tensor sums of per-coordinate values: ``[n, F, P]`` -> ``[n, F, T]``.
-
-    A GEMM with the one-hot segment matrix when the state holds one (measured on the CPU for
-    mlp-orig: 15x faster than ``index_add`` over the last dimension), else ``index_add``.
-    """
-    matrix = state.segment_matrix[0]  # [T, P] or [T, 0]
-    if matrix.shape[-1] == values.shape[-1]:
-        return torch.matmul(values, matrix.t())
-    return segment_sum(values, state.segment_ids[0], matrix.shape[0])
-
-
-def _to_coordinates(values: Tensor, state: ScaleState) -> Tensor:
-    """Each coordinate gets its tensor's value: ``[n, F, T]`` -> ``[n, F, P]`` (a GEMM with the
-    one-hot segment matrix, exact for finite values, or ``index_select``)."""
-    matrix = state.segment_matrix[0]
-    if matrix.shape[-1] == state.segment_ids.shape[-1]:
-        return torch.matmul(values, matrix)
-    return values.index_select(-1, state.segment_ids[0])
 
 
 class Affine(nn.Module):
@@ -409,12 +378,7 @@ class ScaleRule(LearnedRule):
         t = layout.num_tensors
         c0, c1, c2 = self.cell_sizes
         k = self.num_gradient_scales
-        seg = layout.segment_ids(x.device)
-        sizes = torch.tensor(layout.sizes(), dtype=x.dtype, device=x.device)
-        if t <= DENSE_SEGMENT_MAX_TENSORS and t * p <= DENSE_SEGMENT_LIMIT:
-            matrix = torch.nn.functional.one_hot(seg, t).to(x.dtype).t().contiguous()
-        else:
-            matrix = x.new_zeros(t, 0)
+        segment_ids, tensor_sizes, segment_matrix = segment_state(layout, x)
         log_lr = self._initial_log_lr(n, p, t, layout.segment_ids(), generator).to(x)
         zeros = x.new_zeros(n, p)
         return ScaleState(
@@ -426,9 +390,9 @@ class ScaleRule(LearnedRule):
             log_lr=log_lr,
             h1=self.init_h1.to(x).view(1, c1, 1).expand(n, c1, t),
             h2=self.init_h2.to(x).view(1, c2).expand(n, c2),
-            segment_ids=seg.view(1, p).expand(n, p),
-            tensor_sizes=sizes.view(1, t).expand(n, t),
-            segment_matrix=matrix.unsqueeze(0).expand(n, *matrix.shape),
+            segment_ids=segment_ids,
+            tensor_sizes=tensor_sizes,
+            segment_matrix=segment_matrix,
         )
 
     def _initial_log_lr(
@@ -486,8 +450,8 @@ class ScaleRule(LearnedRule):
         # extra GRU bias Aff_P(h1) + Aff_G(h2), and whether each tensor's ms_i is non-zero.
         h2 = state.h2.unsqueeze(-1)  # [n, C2, 1]
         bias0 = self.param_affine(state.h1) + self.global_affine(h2)  # [n, 3 C0, T]
-        ms_nonzero = (_tensor_sum(state.ms, state) != 0).to(bias0.dtype)  # [n, K, T]
-        per_coord = _to_coordinates(torch.cat([bias0, ms_nonzero], dim=1), state)
+        ms_nonzero = (tensor_sum(state.ms, state) != 0).to(bias0.dtype)  # [n, K, T]
+        per_coord = to_coordinates(torch.cat([bias0, ms_nonzero], dim=1), state)
         bias0, ms_nonzero = per_coord[:, : 3 * c0], per_coord[:, 3 * c0 :]
 
         # 3. Mean squares; s is treated as 0 where a tensor's ms_i is all zeros (first step).
@@ -516,11 +480,11 @@ class ScaleRule(LearnedRule):
         direction = out[:, :1] + shortcut  # [n, 1, P]
 
         # 7 and 8's tensor RMS: the per-tensor means of [h0', x] and of the squared direction.
-        sums = _tensor_sum(torch.cat([h0, features, direction * direction], dim=1), state)
+        sums = tensor_sum(torch.cat([h0, features, direction * direction], dim=1), state)
         means = sums / sizes  # [n, C0 + 3K + 1, T]
         h1 = self.gru1(means[:, :-1], state.h1, self.layer_affine(h2))  # [n, C1, T]
         inv_rms = torch.rsqrt(means[:, -1:] + RMS_EPS)  # [n, 1, T]
-        direction = (direction * _to_coordinates(inv_rms, state))[:, 0]  # [n, P]
+        direction = (direction * to_coordinates(inv_rms, state))[:, 0]  # [n, P]
 
         scl_decay = torch.sigmoid(out[:, 1] + self.scl_decay_bias.to(h0))
         inp_decay = torch.sigmoid(out[:, 2] + self.inp_decay_bias.to(h0))

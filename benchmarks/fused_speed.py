@@ -14,8 +14,7 @@ run with ``OMP_NUM_THREADS=1``: the development machine is shared):
 * ``rnnprop`` and ``scale``: the same epoch of their recipes, reference against fused (L2O-Scale
   has no LSTM; its figure shows the rest of the hot loop).
 * ``eval``: ``evaluate`` of L2O-DM, 10 seeds as one population, compiled: reference cell,
-  ``fused`` (the per-layer fused cell, the default) and ``fused-dm-step`` (the whole no-grad step
-  in one kernel).
+  ``fused`` (the per-layer fused cell, the default).
 * ``memory``: peak resident memory of one 20-step L2O-DM unroll with its meta-gradient (eager),
   each variant in a fresh subprocess: ``ru_maxrss`` after minus before the unroll.
 
@@ -42,11 +41,7 @@ from l2o.rules import fused_lstm
 
 
 def use(mode: str) -> None:
-    """Select the LSTM cell of every rule: ``reference``, ``fused`` or ``torch``;
-    ``fused-dm-step`` is ``fused`` with L2O-DM's one-kernel no-grad step
-    (``fused_lstm.FUSED_DM_STEP``)."""
-    fused_lstm.FUSED_DM_STEP = mode == "fused-dm-step"
-    mode = "fused" if mode == "fused-dm-step" else mode
+    """Select the LSTM cell of every rule: ``reference``, ``fused`` or ``torch``."""
     fused_lstm.MODE = "fused" if mode == "reference" else mode
     fused_lstm.USE_FUSED = mode != "reference"
 
@@ -248,7 +243,7 @@ def main() -> None:
         variants["fused"], _ = trainer_epoch(model, "fused", True)
         report(model, alternate(variants, a.repeats), horizon, "l2o-reference")
     if "eval" not in skip:
-        modes = ("reference", "fused", "fused-dm-step")
+        modes = ("reference", "fused")
         variants = {m: eval_fn(m, a.eval_steps, a.eval_seeds) for m in modes}
         report("eval", alternate(variants, a.repeats), a.eval_steps, "reference")
     if "memory" not in skip:

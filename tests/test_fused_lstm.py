@@ -283,44 +283,6 @@ def test_nonfinite_gradient_gives_nonfinite_step_as_reference(monkeypatch, model
     assert not torch.isfinite(out["fused"][2]).all()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", [(1, 63), (3, 5301)])
-def test_dm_step_kernel_matches_reference(monkeypatch, dtype, shape):
-    """L2O-DM's whole no-grad step in one kernel (LogAndSign, both layers, readout; partial and
-    full 64-column tiles): the reference's deltas and states over 5 steps, to round-off, with the
-    reference's NaN/inf where the gradient has them, and gradients spanning 1e-8 .. 1."""
-    torch.manual_seed(2)
-    rule = DMRule().to(dtype)
-    with torch.no_grad():  # saturated gates too
-        for p in rule.parameters():
-            p.mul_(3.0)
-    n, p = shape
-    grad = torch.randn(n, p, dtype=dtype) * 10.0 ** torch.randint(-8, 1, (n, p))
-    grad[0, p // 2] = float("nan")
-    grad[n - 1, p - 1] = float("inf")
-    grad[n - 1, 0] = float("-inf")
-    out = {}
-    monkeypatch.setattr(fused_lstm, "FUSED_DM_STEP", True)
-    for mode in ("reference", "fused"):
-        _use(monkeypatch, mode)
-        monkeypatch.setattr(fused_lstm, "MODE", "torch" if mode == "reference" else "fused")
-        assert fused_lstm.dm_kernel_applies(grad) is False  # gradients enabled
-        state, deltas = rule.init(torch.zeros(n, p, dtype=dtype)), []
-        with torch.no_grad():
-            assert fused_lstm.dm_kernel_applies(grad) == (mode == "fused")
-            for t in range(5):
-                delta, state = rule.step(grad if t == 0 else grad.nan_to_num(0, 0, 0) * t, state)
-                deltas.append(delta)
-        out[mode] = (torch.stack(deltas), *state)
-    tol = 1e-5 if dtype == torch.float32 else 1e-12
-    for a, r in zip(out["fused"], out["reference"], strict=True):
-        assert torch.equal(torch.isnan(a), torch.isnan(r))
-        assert torch.equal(torch.isinf(a), torch.isinf(r))
-        fin = torch.isfinite(r)
-        torch.testing.assert_close(a[fin], r[fin], rtol=tol, atol=tol * r[fin].abs().max())
-    assert torch.isnan(out["fused"][0]).any()
-
-
 def test_float32_exp_of_the_kernel_is_accurate_to_round_off():
     """The kernel's inline float32 exp (inside its sigmoid) against torch over the whole range:
     a cell with one input, weights 1 and bias 0, so h' = o * tanh(i * tanh(j)) for gates = x."""
@@ -342,15 +304,14 @@ def test_float32_exp_of_the_kernel_is_accurate_to_round_off():
 
 
 @pytest.mark.usefixtures("sample_data")
-@pytest.mark.parametrize("model", ["dm", "rnnprop", "dm-step-kernel"])
+@pytest.mark.parametrize("model", ["dm", "rnnprop"])
 def test_evaluate_on_mlp_matches_reference_cell(monkeypatch, model):
     """``l2o.evaluate`` (compiled, 2 seeds of mlp-orig, 40 steps) with the fused kernels gives the
     losses it gives with the reference cell, to float32 round-off."""
     from l2o import evaluate
 
-    monkeypatch.setattr(fused_lstm, "FUSED_DM_STEP", model == "dm-step-kernel")
     torch.manual_seed(0)
-    rule, task = RULES[model.split("-")[0]](), get_task("mlp-orig")
+    rule, task = RULES[model](), get_task("mlp-orig")
     res = {}
     for mode in ("reference", "fused"):
         _use(monkeypatch, mode)
@@ -358,21 +319,3 @@ def test_evaluate_on_mlp_matches_reference_cell(monkeypatch, model):
     rel = abs(res["fused"].losses - res["reference"].losses) / abs(res["reference"].losses)
     assert rel.max() < 1e-5, rel.max()
     print(model, "max relative difference", rel.max())
-
-
-def test_dm_step_op_without_the_kernel_uses_pytorch(monkeypatch):
-    """The one-kernel step's fallback (no compiler): the same op in PyTorch ops, same values."""
-    torch.manual_seed(4)
-    rule = DMRule()
-    grad = torch.randn(2, 300) * 1e-2
-    _use(monkeypatch, "reference")
-    with torch.no_grad():
-        ref = rule.step(grad, rule.init(torch.zeros(2, 300)))
-    _use(monkeypatch, "fused")
-    monkeypatch.setattr(fused_lstm, "FUSED_DM_STEP", True)
-    monkeypatch.setattr(fused_lstm, "_built", False)
-    with torch.no_grad():
-        got = rule.step(grad, rule.init(torch.zeros(2, 300)))
-    torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-8)
-    for a, r in zip(got[1], ref[1], strict=True):
-        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-7)

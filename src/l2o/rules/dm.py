@@ -25,7 +25,6 @@ import torch
 from torch import Tensor
 
 from l2o.layout import Layout
-from l2o.rules import fused_lstm
 from l2o.rules.base import Generators, LearnedRule
 from l2o.rules.lstm import Linear, LSTMLayer
 
@@ -110,32 +109,8 @@ class DMRule(LearnedRule):
         return DMState(h1, c1, h2, c2)
 
     def step(self, grad: Tensor, state: DMState) -> tuple[Tensor, DMState]:
-        """``delta [n, P]`` and the new state for gradient ``grad [n, P]``.
-
-        Without gradients on the CPU (evaluation), the whole step can run as one fused C++ kernel
-        (:func:`l2o.rules.fused_lstm.dm_step_cpu`: the same values to round-off; off by default,
-        see :data:`l2o.rules.fused_lstm.FUSED_DM_STEP`)."""
+        """``delta [n, P]`` and the new state for gradient ``grad [n, P]``."""
         h1, c1, h2, c2 = (t.transpose(0, 1) for t in state)  # feature-first views
-        if fused_lstm.dm_kernel_applies(grad):
-            n, p = grad.shape
-            flat = [t.reshape(t.shape[0], n * p).contiguous() for t in (h1, c1, h2, c2)]
-            w1, b1 = fused_lstm.cpu_layer_weights(self.lstm_1)
-            w2, b2 = fused_lstm.cpu_layer_weights(self.lstm_2)
-            delta, *new = fused_lstm.dm_step_cpu(
-                grad.reshape(n * p).contiguous(),
-                *flat,
-                w1,
-                b1,
-                w2,
-                b2,
-                self.linear.w[:, 0].contiguous(),
-                self.linear.b.contiguous(),
-                self.k,
-                self.output_scale,
-                LOG_AND_SIGN_EPS,
-            )
-            new = [t.view(t.shape[0], n, p).transpose(0, 1) for t in new]
-            return delta.view(n, p), DMState(*new)
         h1, c1 = self.lstm_1(log_and_sign(grad, self.k), h1, c1)
         h2, c2 = self.lstm_2(h1, h2, c2)
         delta = self.output_scale * self.linear(h2)[0]

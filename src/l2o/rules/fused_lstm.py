@@ -37,7 +37,6 @@ reference cell everywhere; benchmarks compare them in one run, see docs/performa
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import warnings
@@ -314,75 +313,3 @@ def fused_lstm_cell(
 
 # ---------------------------------------------------------------------------------------------
 # L2O-DM's whole step in one kernel, without gradients (evaluation).
-
-
-def cpu_layer_weights(layer) -> tuple[Tensor, Tensor]:
-    """An :class:`~l2o.rules.lstm.LSTMLayer`'s effective CPU weights ``(wt [4H, in + H], b [4H])``:
-    forget bias folded in and ``j`` scaled by 2, as :func:`fused_lstm_cell` passes them."""
-    scale = layer.gate_scale
-    wt = (layer.w_gates * scale).t().contiguous()
-    b = ((layer.b_gates + layer.gate_offset) * scale).contiguous()
-    return wt, b
-
-
-#: Whether L2O-DM's step without gradients uses :func:`dm_step_cpu`. Off: measured side by side
-#: in ``l2o.evaluate`` (10 seeds of mlp-orig) it was no faster than the per-layer fused cells,
-#: whose gates are MKL GEMMs (7.7 against 7.1 s per 100 steps; docs/performance.md). It is exact
-#: and tested; ``L2O_DM_STEP_KERNEL=1`` switches it on.
-FUSED_DM_STEP = os.environ.get("L2O_DM_STEP_KERNEL", "0").strip() == "1"
-
-
-def dm_kernel_applies(grad: Tensor) -> bool:
-    """Whether :meth:`l2o.rules.dm.DMRule.step` runs :func:`dm_step_cpu`: the fused mode, a CPU
-    tensor and no gradient wanted (evaluation under ``torch.no_grad()``)."""
-    return (
-        FUSED_DM_STEP
-        and MODE == "fused"
-        and grad.device.type == "cpu"
-        and not torch.is_grad_enabled()
-    )
-
-
-@torch.library.custom_op("l2o::dm_step_cpu", mutates_args=())
-def dm_step_cpu(
-    g: Tensor,
-    h1: Tensor,
-    c1: Tensor,
-    h2: Tensor,
-    c2: Tensor,
-    w1: Tensor,
-    b1: Tensor,
-    w2: Tensor,
-    b2: Tensor,
-    wo: Tensor,
-    bo: Tensor,
-    k: float,
-    scale: float,
-    eps: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """L2O-DM's step for ``N`` coordinates, feature-first: ``(delta [N], h1', c1', h2', c2')``
-    from ``g [N]`` and states ``[H, N]``, with the layers' :func:`cpu_layer_weights` and the
-    readout ``wo [H2]``, ``bo [1]``. The C++ kernel does LogAndSign, both layers and the readout
-    per 64-column tile (intermediates stay in cache); without it, the same in PyTorch ops."""
-    if cpu_kernel_available():
-        return torch.ops.l2o_fused_lstm.dm_step(
-            g, h1, c1, h2, c2, w1, b1, w2, b2, wo, bo, k, scale, eps
-        )
-    log = torch.clamp_min(torch.log(g.abs() + eps) / k, -1.0)
-    sign = torch.clamp(g * math.exp(k), -1.0, 1.0)
-    x = torch.stack([log, sign], dim=0)
-    h1n, c1n = _forward_cpu(_gates_pre(w1, b1, x, h1).sigmoid_(), c1)
-    h2n, c2n = _forward_cpu(_gates_pre(w2, b2, h1n, h2).sigmoid_(), c2)
-    delta = scale * torch.addmm(bo.unsqueeze(1), wo.unsqueeze(0), h2n)[0]
-    return delta, h1n, c1n, h2n, c2n
-
-
-@dm_step_cpu.register_fake
-def _(g, h1, c1, h2, c2, w1, b1, w2, b2, wo, bo, k, scale, eps):
-    return (
-        torch.empty_like(g),
-        torch.empty_like(h1),
-        torch.empty_like(h1),
-        torch.empty_like(h2),
-        torch.empty_like(h2),
-    )

@@ -193,154 +193,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_bwd(
   return {dx, dhp, dcp, dwt, db};
 }
 
-// ---------------------------------------------------------------------------------------------
-// L2O-DM's whole step without gradients (evaluation): LogAndSign, both LSTM layers and the
-// readout for a tile of TW columns at a time, so that the features, both layers' gates and the
-// first layer's output never leave the L1/L2 cache. The gates are a register-blocked product
-// written here (4 rows x TW columns per pass; the shapes, 80 x 22 and 80 x 40, are too small for
-// BLAS to pay off per tile), the pointwise part is the same as pointwise_fwd's. Tiles are
-// independent, so they are spread over PyTorch's intra-op threads.
-
-constexpr int64_t TW = 64;
-
-// z[M, TW] = bias + W[M, K] @ in[K, TW] (W row-major with leading dimension ldw).
-template <typename T>
-inline void gemm_tile(const T* __restrict W, int64_t ldw, const T* __restrict bias, int64_t M,
-                      int64_t K, const T* __restrict in, T* __restrict z) {
-  int64_t r = 0;
-  for (; r + 4 <= M; r += 4) {
-    T a0[TW], a1[TW], a2[TW], a3[TW];
-    for (int64_t j = 0; j < TW; ++j) {
-      a0[j] = bias[r];
-      a1[j] = bias[r + 1];
-      a2[j] = bias[r + 2];
-      a3[j] = bias[r + 3];
-    }
-    const T* w0 = W + r * ldw;
-    const T* w1 = w0 + ldw;
-    const T* w2 = w1 + ldw;
-    const T* w3 = w2 + ldw;
-    for (int64_t k = 0; k < K; ++k) {
-      const T* x = in + k * TW;
-      const T v0 = w0[k], v1 = w1[k], v2 = w2[k], v3 = w3[k];
-      for (int64_t j = 0; j < TW; ++j) {
-        a0[j] += v0 * x[j];
-        a1[j] += v1 * x[j];
-        a2[j] += v2 * x[j];
-        a3[j] += v3 * x[j];
-      }
-    }
-    for (int64_t j = 0; j < TW; ++j) {
-      z[r * TW + j] = a0[j];
-      z[(r + 1) * TW + j] = a1[j];
-      z[(r + 2) * TW + j] = a2[j];
-      z[(r + 3) * TW + j] = a3[j];
-    }
-  }
-  for (; r < M; ++r) {
-    T a0[TW];
-    for (int64_t j = 0; j < TW; ++j) a0[j] = bias[r];
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t j = 0; j < TW; ++j) a0[j] += W[r * ldw + k] * in[k * TW + j];
-    for (int64_t j = 0; j < TW; ++j) z[r * TW + j] = a0[j];
-  }
-}
-
-// One LSTM layer on a tile: inputs in[K + H, TW] (x rows then h rows), gates z[4H, TW];
-// writes h' into hn (leading dimension ldh) and c' into cn (leading dimension ld); c has ld.
-template <typename T>
-inline void layer_tile(const T* W, const T* b, int64_t K, int64_t H, const T* in, T* z,
-                       const T* c, T* hn, int64_t ldh, T* cn, int64_t ld, int64_t len) {
-  gemm_tile<T>(W, K + H, b, 4 * H, K + H, in, z);
-  for (int64_t r = 0; r < H; ++r) {
-    const T* __restrict zi = z + r * TW;
-    const T* __restrict zj = z + (H + r) * TW;
-    const T* __restrict zf = z + (2 * H + r) * TW;
-    const T* __restrict zo = z + (3 * H + r) * TW;
-    const T* __restrict cr = c + r * ld;
-    T* __restrict hr = hn + r * ldh;
-    T* __restrict cw = cn + r * ld;
-#pragma GCC ivdep
-    for (int64_t k = 0; k < len; ++k) {
-      T i = sig(zi[k]), j2 = sig(zj[k]), f = sig(zf[k]), o = sig(zo[k]);
-      T cc = (f * cr[k] - i) + T(2) * i * j2;
-      cw[k] = cc;
-      hr[k] = o * (T(2) * sig(T(2) * cc) - T(1));
-    }
-  }
-}
-
-template <typename T>
-void dm_tiles(int64_t t0, int64_t t1, int64_t N, const T* g, const T* h1, const T* c1,
-              const T* h2, const T* c2, const T* w1, const T* b1, const T* w2, const T* b2,
-              const T* wo, T bo, T k, T ek, T scale, T eps, T* delta, T* h1n, T* c1n, T* h2n, T* c2n,
-              int64_t H1, int64_t H2) {
-  std::vector<T> in1((2 + H1) * TW), in2((H1 + H2) * TW), z(4 * std::max(H1, H2) * TW),
-      hbuf(H2 * TW);
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t c0 = t * TW, len = std::min(TW, N - c0);
-    // Unused columns of a partial tile are zeros (finite; their results are not written).
-    if (len < TW) {
-      std::fill(in1.begin(), in1.end(), T(0));
-      std::fill(in2.begin(), in2.end(), T(0));
-    }
-    // LogAndSign: [max(log(|g| + eps) / k, -1), clip(g e^k, -1, 1)]; NaN stays NaN.
-    for (int64_t j = 0; j < len; ++j) {
-      const T v = g[c0 + j];
-      const T lg = std::log(std::abs(v) + eps) / k;
-      const T sg = v * ek;
-      in1[j] = lg < T(-1) ? T(-1) : lg;
-      in1[TW + j] = sg < T(-1) ? T(-1) : (sg > T(1) ? T(1) : sg);
-    }
-    for (int64_t r = 0; r < H1; ++r)
-      std::copy(h1 + r * N + c0, h1 + r * N + c0 + len, in1.data() + (2 + r) * TW);
-    for (int64_t r = 0; r < H2; ++r)
-      std::copy(h2 + r * N + c0, h2 + r * N + c0 + len, in2.data() + (H1 + r) * TW);
-    // Layer 1 writes h1' straight into the second layer's input rows.
-    layer_tile<T>(w1, b1, 2, H1, in1.data(), z.data(), c1 + c0, in2.data(), TW, c1n + c0, N, len);
-    for (int64_t r = 0; r < H1; ++r)
-      std::copy(in2.data() + r * TW, in2.data() + r * TW + len, h1n + r * N + c0);
-    layer_tile<T>(w2, b2, H1, H2, in2.data(), z.data(), c2 + c0, hbuf.data(), TW, c2n + c0, N,
-                  len);
-    T out[TW];
-    for (int64_t j = 0; j < TW; ++j) out[j] = bo;
-    for (int64_t r = 0; r < H2; ++r) {
-      const T w = wo[r];
-      const T* hr = hbuf.data() + r * TW;
-      for (int64_t j = 0; j < TW; ++j) out[j] += w * hr[j];
-      std::copy(hr, hr + len, h2n + r * N + c0);
-    }
-    for (int64_t j = 0; j < len; ++j) delta[c0 + j] = scale * out[j];
-  }
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dm_step(
-    const at::Tensor& g, const at::Tensor& h1, const at::Tensor& c1, const at::Tensor& h2,
-    const at::Tensor& c2, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
-    const at::Tensor& b2, const at::Tensor& wo, const at::Tensor& bo, double k, double scale, double eps) {
-  const int64_t N = g.numel(), H1 = h1.size(0), H2 = h2.size(0);
-  TORCH_CHECK(w1.size(0) == 4 * H1 && w1.size(1) == 2 + H1, "dm_step: w1 must be [4H1, 2 + H1]");
-  TORCH_CHECK(w2.size(0) == 4 * H2 && w2.size(1) == H1 + H2, "dm_step: w2 must be [4H2, H1+H2]");
-  at::Tensor delta = at::empty({N}, g.options());
-  at::Tensor h1n = at::empty_like(h1), c1n = at::empty_like(c1);
-  at::Tensor h2n = at::empty_like(h2), c2n = at::empty_like(c2);
-  const int64_t tiles = (N + TW - 1) / TW;
-  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "l2o_dm_step", [&] {
-    at::parallel_for(0, tiles, 16, [&](int64_t t0, int64_t t1) {
-      dm_tiles<scalar_t>(t0, t1, N, g.data_ptr<scalar_t>(), h1.data_ptr<scalar_t>(),
-                         c1.data_ptr<scalar_t>(), h2.data_ptr<scalar_t>(),
-                         c2.data_ptr<scalar_t>(), w1.data_ptr<scalar_t>(),
-                         b1.data_ptr<scalar_t>(), w2.data_ptr<scalar_t>(),
-                         b2.data_ptr<scalar_t>(), wo.data_ptr<scalar_t>(), bo.data_ptr<scalar_t>()[0],
-                         scalar_t(k), scalar_t(std::exp(k)), scalar_t(scale), scalar_t(eps),
-                         delta.data_ptr<scalar_t>(), h1n.data_ptr<scalar_t>(),
-                         c1n.data_ptr<scalar_t>(), h2n.data_ptr<scalar_t>(),
-                         c2n.data_ptr<scalar_t>(), H1, H2);
-    });
-  });
-  return {delta, h1n, c1n, h2n, c2n};
-}
-
 }  // namespace
 
 L2O_LIBRARY(L2O_LSTM_NS, m) {
@@ -348,14 +200,9 @@ L2O_LIBRARY(L2O_LSTM_NS, m) {
   m.def(
       "bwd(Tensor x, Tensor h, Tensor c, Tensor cn, Tensor wt, Tensor b, Tensor dh, Tensor dc, "
       "int tile) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "dm_step(Tensor g, Tensor h1, Tensor c1, Tensor h2, Tensor c2, Tensor w1, Tensor b1, "
-      "Tensor w2, Tensor b2, Tensor wo, Tensor bo, float k, float scale, float eps) -> "
-      "(Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 L2O_LIBRARY_IMPL(L2O_LSTM_NS, CPU, m) {
   m.impl("fwd", &lstm_fwd);
   m.impl("bwd", &lstm_bwd);
-  m.impl("dm_step", &dm_step);
 }

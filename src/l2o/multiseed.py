@@ -90,11 +90,9 @@ def _child(seed: int, config: dict[str, Any], out: str, resume: bool, threads: i
     """One seed's training, in a fresh process: the same Trainer as ``l2o train`` runs, with the
     same process settings as the ``l2o`` command (flush denormals, SIGTERM stops like Ctrl-C)."""
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
-    # Ctrl-C / SIGTERM raise KeyboardInterrupt (the trainer stops after its last saved epoch),
-    # never inside ``events.put`` (it could leave the queue's lock held), and again at the
-    # trainer's next event: an interrupt that lands in a validation is swallowed by
-    # ``evaluate`` (it returns a partial result), and the run would go on (seen: children kept
-    # training until the parent killed them).
+    # Ctrl-C / SIGTERM raise KeyboardInterrupt (the trainer stops after its last saved epoch;
+    # one that lands in a validation stops it too, l2o.training.validation), but never inside
+    # ``events.put`` (it could leave the queue's lock held): there it is deferred to just after.
     putting = {"now": False, "pending": False}
 
     def interrupt(signum, frame):

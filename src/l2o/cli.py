@@ -648,7 +648,7 @@ def _ratios(ratios) -> str:
     return values[0] if len(set(values)) == 1 else f"{values[0]}..{values[-1]}"
 
 
-def _recipe_rows() -> list[dict[str, Any]]:
+def _recipe_rows(budget: str = "cpu") -> list[dict[str, Any]]:
     from l2o.training import RECIPES
 
     rows = []
@@ -671,6 +671,7 @@ def _recipe_rows() -> list[dict[str, Any]]:
                 ),
                 "epochs": {b: r.budgets[b][0] for b in ("demo", "cpu", "paper")},
                 "description": r.description,
+                "deviations": "; ".join(r.deviations(budget)) or "none",
             }
         )
     return rows
@@ -756,8 +757,11 @@ def train(
                 fmt=lambda e: f"{e['demo']}/{e['cpu']}/{e['paper']}",
             ),
             Col("description", "description", long=True),
+            Col("deviations", f"differs from the paper at --budget {budget}", long=True),
         ]
-        print_table(_recipe_rows(), cols, as_json=as_json, wide=wide)
+        if budget not in ("demo", "cpu", "paper"):
+            _fail(f"unknown budget {budget!r}; choose one of demo, cpu, paper")
+        print_table(_recipe_rows(budget), cols, as_json=as_json, wide=wide)
         if recipe is None and not list_recipes:
             raise typer.Exit(2)
         return

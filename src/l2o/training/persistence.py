@@ -22,6 +22,7 @@ from l2o.checkpoint import load_training_state, save_training_state
 from l2o.io import append_jsonl, atomic_write_json, read_jsonl_torn_tail, write_jsonl
 from l2o.training.config import NonFinite, TrainConfig
 from l2o.training.curriculum import CurriculumState
+from l2o.training.recipes import RECIPES
 
 TRAIN_STATE = "train_state.pt"
 BEST = "best.safetensors"
@@ -193,6 +194,8 @@ def rule_card(trainer) -> dict[str, Any]:
         "package_version": __version__,
         "config": c.to_dict(),
     }
+    if c.recipe in RECIPES:
+        card["deviations"] = RECIPES[c.recipe].deviations(c)
     if curriculum:
         card["curriculum_stage"] = trainer.stage.stage
     if c.imitation.enabled:

@@ -1,8 +1,11 @@
 """Named training recipes at three budgets (docs/method.md sections 0 and 3.1).
 
-``paper`` keeps the original epoch counts; ``cpu`` and ``demo`` scale the number of epochs and the
-validation cadence down so a run takes about 20-30 minutes and under 5 minutes on a 2-core CPU,
-keeping every other setting (horizon, truncation, meta-optimizer, validation protocol).
+``paper`` keeps the original epoch counts. ``cpu`` is the paper's training procedure cut to what
+one 2-core CPU does in about two hours per training: the paper's validation cadence in every
+stage, its 20 validation runs, its imitation ratios, the curriculum cut at horizon 1,000 (the
+paper's goes to 3,000) and an epoch cap (the paper's is 10,000). ``demo`` cuts much more (minutes).
+Each budget's departures from the paper are data (:meth:`Recipe.deviations`): ``l2o train --list``
+prints them and every checkpoint card carries them.
 """
 
 from __future__ import annotations
@@ -45,23 +48,22 @@ _SCALE_CL_SETTINGS: dict[str, Any] = {
     "imitation_optimizer": "shared",
     "imitation_time_weight": "mean",
 }
-# The cpu and demo budgets cut the curriculum short (a 1,000-step epoch of L2O-DM takes about
-# 10 s on 2 cores, and the last stages would validate on 3,000 steps) and validate on fewer
-# runs; everything else is the paper's setting. The cpu budget keeps stage 0's validation every
-# 100 epochs as in the paper, so stage 0 lasts at least 300 epochs: an untrained L2O-DM sits on
-# the untrained net's loss for about 300 epochs (docs/techniques.md), and a shorter stage 0
-# advances, and then stops, on that plateau.
-_DM_CPU = {
-    "curriculum": [100, 200, 500, 1000],
-    "evaluation_epochs": 5,
-    "stage_evaluation_periods": [100, 20, 10],
-}
+#: The cpu budget's curriculum: the paper's L2O-DM/RNNprop horizons up to 1,000 steps. A 1,000-step
+#: epoch of L2O-DM meta-training takes about 18 s on one core (56 optimizee steps/s, measured
+#: 2026-11-29); stages 0-2 of at least 3 validations x 100 epochs already take about 70 minutes.
+CPU_CURRICULUM = [100, 200, 500, 1000]
+#: The cpu budget's epoch cap for L2O-DM (all four recipes alike, as the paper's 10,000): with
+#: stages 0-2 at their minimum, stage 3 gets 100 epochs and the run about 2 hours on one core.
+CPU_DM_EPOCHS = 1_000
+#: The cpu budget's epoch cap for RNNprop-CL-IL: its curriculum normally finishes long before
+#: (all four stages in ~130 epochs); 300 epochs all spent in the last stage would take ~2 hours.
+CPU_RNNPROP_CL_EPOCHS = 300
+_DM_CPU = {"curriculum": CPU_CURRICULUM}
+_RNNPROP_CPU = {"curriculum": CPU_CURRICULUM}
 _DM_DEMO = {"curriculum": [100, 200], "evaluation_epochs": 4}
 # At the demo budget there is no room for a 300-epoch stage 0, so L2O-DM-CL-IL imitates from
 # stage 0 on (p = 0.1, stage 1's ratio): imitation is what lets it leave the plateau in minutes.
 _DM_CL_IL_DEMO = {**_DM_DEMO, "imitation_ratios": [0.1, 0.1]}
-# RNNprop has no such plateau and the paper validates it every 10 epochs already.
-_RNNPROP_CPU = {"curriculum": [100, 200, 500, 1000], "evaluation_epochs": 5}
 _SCALE_CPU = {"curriculum": [100, 200, 500]}  # a 500-step L2O-Scale epoch takes ~15 s
 _SCALE_DEMO = {"curriculum": [100, 200], "evaluation_epochs": 3}
 _SCALE_CL_BUDGETS = {"demo": (60, 5), "cpu": (300, 10), "paper": (100, 1)}
@@ -71,7 +73,8 @@ _SCALE_CL_BUDGET_SETTINGS = {"demo": _SCALE_DEMO, "cpu": _SCALE_CPU}
 @dataclass(frozen=True)
 class Recipe:
     """A recipe: shared settings plus, per budget, ``(num_epochs, evaluation_period)`` and any
-    further settings that budget changes (``budget_settings``, e.g. a shorter curriculum)."""
+    further settings that budget changes (``budget_settings``, e.g. a shorter curriculum).
+    ``notes``: how the recipe departs from the paper at every budget (none for most)."""
 
     name: str
     description: str
@@ -95,27 +98,60 @@ class Recipe:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return TrainConfig.from_flat(**values)
 
+    def deviations(self, budget: str | TrainConfig) -> list[str]:
+        """How this recipe at ``budget`` (or a config made from it, with overrides) departs from
+        the paper's procedure, in words: every setting that differs from the ``paper`` budget's
+        (not the run's seed, device or compilation), then the recipe's own ``notes``."""
+        config = self.config(budget) if isinstance(budget, str) else budget
+        mine, paper = config.to_dict(), self.config("paper").to_dict()
+        out = [
+            _describe_change(key, mine.get(key), paper.get(key))
+            for key in sorted(set(mine) | set(paper))
+            if key not in _RUN_KEYS and mine.get(key) != paper.get(key)
+        ]
+        return out + ([self.notes] if self.notes else [])
+
+
+#: Settings of a run, not of the procedure: never a deviation from the paper.
+_RUN_KEYS = ("recipe", "budget", "seed", "device", "compile")
+
+
+def _describe_change(key: str, value: Any, paper: Any) -> str:
+    if key == "num_epochs":
+        return f"at most {value:,} epochs (paper {paper:,})"
+    if key == "evaluation_period":
+        return f"validation every {value} epochs (paper {paper})"
+    if key == "evaluation_epochs":
+        return f"validation on {value} runs (paper {paper})"
+    if key == "imitation_ratios":
+        return f"imitation ratios {_ratios(value)} per stage (paper {_ratios(paper)})"
+    if key == "curriculum" and value and paper and value == paper[: len(value)]:
+        return f"curriculum cut at horizon {value[-1]:,} (paper: {len(paper)} stages to {paper[-1]:,})"
+    return f"{key} {value} (paper {paper})"
+
+
+def _ratios(values: list[float]) -> str:
+    return "/".join(f"{v:g}" for v in values) or "none"
+
 
 RECIPES: dict[str, Recipe] = {
     "dm": Recipe(
         "dm",
         "L2O-DM baseline (Andrychowicz et al. 2016): 100-step horizon, Adam 1e-3",
         {"model": "dm", "horizon": 100, "evaluation_epochs": 20},
-        {"demo": (150, 25), "cpu": (1_000, 50), "paper": (10_000, 100)},
+        {"demo": (150, 25), "cpu": (CPU_DM_EPOCHS, 100), "paper": (10_000, 100)},
     ),
     "dm-aug": Recipe(
         "dm-aug",
         "L2O-DM-AUG: the baseline with a 500-step horizon (the original README's definition)",
         {"model": "dm", "horizon": 500, "evaluation_epochs": 20},
-        {"demo": (12, 6), "cpu": (200, 20), "paper": (5_000, 100)},
+        {"demo": (12, 6), "cpu": (400, 100), "paper": (5_000, 100)},
     ),
     "rnnprop": Recipe(
         "rnnprop",
         "RNNprop (Lv et al. 2017) as re-implemented by the paper: 100-step horizon",
         {"model": "rnnprop", "horizon": 100, "evaluation_epochs": 20},
-        {"demo": (100, 10), "cpu": (800, 20), "paper": (100, 10)},
-        notes="paper budget: the authors' README trains the RNNprop baseline for 100 epochs, "
-        "validating every 10; the cpu budget trains longer than that.",
+        {"demo": (100, 10), "cpu": (100, 10), "paper": (100, 10)},
     ),
     "scale": Recipe(
         "scale",
@@ -123,16 +159,14 @@ RECIPES: dict[str, Recipe] = {
         "log-normalized objective, RMSProp",
         _SCALE_SETTINGS,
         {"demo": (60, 10), "cpu": (500, 25), "paper": (100, 1)},
-        notes="paper budget: the README's 100 meta-iterations, validated after each on 5 runs. "
-        "The original's meta learning rate is 1e-6 (RMSProp), which hardly moves the weights in "
-        "500 meta-steps; this recipe uses SCALE_META_LR instead (docs/scale.md), and "
-        "`meta_lr=PAPER_SCALE_META_LR` restores the original's value.",
+        notes="meta learning rate 3e-3 at every budget (the original's 1e-6 hardly moves the "
+        "weights in 500 meta-steps, docs/scale.md; `meta_lr=PAPER_SCALE_META_LR` restores it)",
     ),
     "dm-cl": Recipe(
         "dm-cl",
         "L2O-DM with the validation-gated curriculum (horizons 100 -> 3,000), no imitation",
         {"model": "dm", "curriculum": list(DM_HORIZONS), "evaluation_epochs": 20},
-        {"demo": (150, 10), "cpu": (700, 20), "paper": (10_000, 100)},
+        {"demo": (150, 10), "cpu": (CPU_DM_EPOCHS, 100), "paper": (10_000, 100)},
         budget_settings={"demo": _DM_DEMO, "cpu": _DM_CPU},
     ),
     "dm-il": Recipe(
@@ -140,7 +174,7 @@ RECIPES: dict[str, Recipe] = {
         "L2O-DM with off-policy imitation of Adam (lr 0.01) in 30% of the epochs, 100-step "
         "horizon, no curriculum",
         {"model": "dm", "horizon": 100, "evaluation_epochs": 20, "imitation_ratios": [0.3]},
-        {"demo": (150, 25), "cpu": (1_000, 50), "paper": (10_000, 100)},
+        {"demo": (150, 25), "cpu": (CPU_DM_EPOCHS, 100), "paper": (10_000, 100)},
     ),
     "dm-cl-il": Recipe(
         "dm-cl-il",
@@ -152,10 +186,8 @@ RECIPES: dict[str, Recipe] = {
             "evaluation_epochs": 20,
             "imitation_ratios": DM_IMITATION_RATIOS,
         },
-        {"demo": (150, 10), "cpu": (700, 20), "paper": (10_000, 100)},
+        {"demo": (150, 10), "cpu": (CPU_DM_EPOCHS, 100), "paper": (10_000, 100)},
         budget_settings={"demo": _DM_CL_IL_DEMO, "cpu": _DM_CPU},
-        notes="demo budget: imitation from stage 0 on (p = 0.1), a deviation; the cpu "
-        "and paper budgets keep the paper's 0, 0.1, 0.3.",
     ),
     "rnnprop-cl-il": Recipe(
         "rnnprop-cl-il",
@@ -166,7 +198,7 @@ RECIPES: dict[str, Recipe] = {
             "evaluation_epochs": 20,
             "imitation_ratios": [0.3],
         },
-        {"demo": (150, 10), "cpu": (600, 10), "paper": (10_000, 10)},
+        {"demo": (150, 10), "cpu": (CPU_RNNPROP_CL_EPOCHS, 10), "paper": (10_000, 10)},
         budget_settings={"demo": _DM_DEMO, "cpu": _RNNPROP_CPU},
     ),
     "scale-cl-il": Recipe(
@@ -190,7 +222,7 @@ RECIPES: dict[str, Recipe] = {
         "MLP-LOpt (Metz et al. 2022, learned_optimization's per-parameter MLP) trained like the "
         "L2O-DM baseline: 100-step horizon, Adam 1e-3",
         {"model": "mlp-lopt", "horizon": 100, "evaluation_epochs": 20, "meta_lr": 1e-3},
-        {"demo": (150, 25), "cpu": (1_000, 50), "paper": (10_000, 100)},
+        {"demo": (150, 25), "cpu": (CPU_DM_EPOCHS, 100), "paper": (10_000, 100)},
         notes="not a family of Chen et al. 2020; the settings are the dm recipe's. Upstream "
         "meta-trains it with truncated ES; here it is backpropagation through unrolls.",
     ),
@@ -205,9 +237,9 @@ RECIPES: dict[str, Recipe] = {
             "meta_lr": 1e-3,
             "imitation_ratios": DM_IMITATION_RATIOS,
         },
-        {"demo": (150, 10), "cpu": (700, 20), "paper": (10_000, 100)},
+        {"demo": (150, 10), "cpu": (CPU_DM_EPOCHS, 100), "paper": (10_000, 100)},
         budget_settings={"demo": _DM_CL_IL_DEMO, "cpu": _DM_CPU},
-        notes="the dm-cl-il recipe's settings (demo budget: imitation from stage 0 on). Under "
+        notes="not a family of Chen et al. 2020: the dm-cl-il recipe's settings. Under "
         "imitation the rule's parameter feature follows its own steps, not the teacher's.",
     ),
 }

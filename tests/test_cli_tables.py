@@ -69,7 +69,7 @@ def test_a_terminal_80_columns_wide_shows_everything_uncut(args):
     if args == ["train", "--list"]:
         for name in RECIPES:
             assert f"\n{name} " in text
-        assert "150/600/10000" in text  # rnnprop-cl-il's epochs, whole
+        assert "150/300/10000" in text  # rnnprop-cl-il's epochs, whole
         assert "RNNprop with curriculum" in text
     if args == ["pretrained"]:
         assert "paper:rnnprop-cl-il" in text and "-10.69" in text
@@ -86,7 +86,7 @@ def test_a_pipe_gets_one_row_per_line_so_grep_finds_it():
     out = in_pipe("train", "--list")
     rows = [x for x in out.splitlines() if x.startswith("rnnprop-cl-il ")]
     assert len(rows) == 1
-    assert "150/600/10000" in rows[0] and "imitation of Adam in 30% of the epochs" in rows[0]
+    assert "150/300/10000" in rows[0] and "imitation of Adam in 30% of the epochs" in rows[0]
     assert len(out.splitlines()) == len(RECIPES) + 2  # header, rule, one line per recipe
 
 
@@ -105,7 +105,8 @@ def test_json_gives_the_same_data():
     recipes = json.loads(runner.invoke(app, ["train", "--list", "--json"]).stdout)
     assert [r["recipe"] for r in recipes] == list(RECIPES)
     by_name = {r["recipe"]: r for r in recipes}
-    assert by_name["rnnprop-cl-il"]["epochs"] == {"demo": 150, "cpu": 600, "paper": 10000}
+    assert by_name["rnnprop-cl-il"]["epochs"] == {"demo": 150, "cpu": 300, "paper": 10000}
+    assert "curriculum cut at horizon 1,000" in by_name["rnnprop-cl-il"]["deviations"]
     tasks = json.loads(runner.invoke(app, ["tasks", "--json"]).stdout)
     assert {t["task"]: t["parameters"] for t in tasks}["conv-mnist"] == 18218
     assert "batch_size" in tasks[0]["options"] and "stride" not in tasks[3]["options"]

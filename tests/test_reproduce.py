@@ -150,3 +150,60 @@ def test_a_missing_data_set_stops_the_run_before_any_job(tmp_path, monkeypatch):
     assert "MNIST" in result.output and "L2O_DATA_DIR" in result.output
     assert "Nothing has run" in result.output
     assert not (out / "train").exists() and not (out / "eval").exists()
+
+
+def test_train_seeds_train_and_evaluate_each_seed_apart(tmp_path):
+    plan = make_plan(["techniques"], "cpu", tmp_path, train_seeds=3, tasks=["mlp-orig"])
+    trains = [j for j in plan.jobs.values() if j.kind == "train"]
+    assert len(trains) == 6 * 3
+    job = plan.jobs["train/dm-cl-il-cpu/seed-2"]
+    assert job.args == {"recipe": "dm-cl-il", "budget": "cpu", "seed": 2}
+    assert job.out == tmp_path / "train" / "dm-cl-il-cpu" / "seed-2"
+    ev = plan.jobs["eval/l2o-dm-cl-il/mlp-orig/seed-2"]
+    assert ev.deps == ["train/dm-cl-il-cpu/seed-2"]
+    assert ev.args["checkpoint_from"] == str(job.out)
+    # baselines are not trained: evaluated once
+    assert "eval/adam/mlp-orig" in plan.jobs and "eval/adam/mlp-orig/seed-0" not in plan.jobs
+    only = make_plan(["techniques"], "cpu", tmp_path, train_seeds=3, recipes=["rnnprop"])
+    assert sorted(k for k in only.jobs if k.startswith("train/")) == [
+        "train/rnnprop-cpu/seed-0", "train/rnnprop-cpu/seed-1", "train/rnnprop-cpu/seed-2"
+    ]
+    assert "eval/adam/mlp-relu" in only.jobs
+    with pytest.raises(ValueError, match=r"recipe\(s\) \['dm-aug'\] are not in the figure"):
+        make_plan(["techniques"], "cpu", tmp_path, recipes=["dm-aug"])
+    with pytest.raises(ValueError, match="train_seeds must be at least 1"):
+        make_plan(["techniques"], "cpu", tmp_path, train_seeds=0)
+
+
+def test_report_gives_the_spread_over_training_seeds(tmp_path, sample_data):
+    """Real evaluations (Adam at three learning rates stands in for three training seeds' rules)
+    in the folders of a 3-training-seed plan: the cell holds the median and range over the three
+    and each seed's value; the JSON beside it holds the same numbers; the figure is drawn."""
+    from l2o.evaluation import evaluate
+    from l2o.registry import load_rule
+    from l2o.report import save_eval
+    from l2o.reproduce.runner import write_report
+    from l2o.tasks import get_task
+
+    plan = make_plan(["techniques"], "cpu", tmp_path, train_seeds=3, tasks=["mlp-orig"])
+    task = get_task("mlp-orig")
+    finals = []
+    for seed, lr in enumerate((0.001, 0.01, 0.1)):
+        out = plan.out / plan.eval_key("L2O-DM-CL-IL", "mlp-orig", seed)
+        result = evaluate(load_rule("adam", lr=lr), task, 120, [0, 1])
+        finals.append(save_eval(result, out, label=f"seed {seed}")["final_ln_loss"]["mean"])
+        (out / "done.json").write_text("{}")
+    written = write_report(plan, {}, 1.0)
+    row = next(r for r in written.tables["techniques"].splitlines() if "L2O-DM-CL-IL" in r)
+    low, median, high = sorted(finals)
+    assert f"median {median:.2f} [{low:.2f}, {high:.2f}] over 3 training seeds" in row
+    assert f"0: {finals[0]:.2f}, 1: {finals[1]:.2f}, 2: {finals[2]:.2f}" in row
+    data = json.loads((plan.out / "techniques.json").read_text())
+    entry = next(r for r in data["results"] if r["curve"] == "L2O-DM-CL-IL")
+    assert entry["training_seeds"] == pytest.approx({"0": finals[0], "1": finals[1], "2": finals[2]})
+    assert data["train_seeds"] == 3
+    dm = next(r for r in written.tables["techniques"].splitlines() if r.startswith("| L2O-DM |"))
+    assert "not run" in dm
+    assert (plan.out / "techniques.png").stat().st_size > 10_000
+    md = (plan.out / "techniques.md").read_text()
+    assert "curriculum cut at horizon 1,000" in md

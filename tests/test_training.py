@@ -87,6 +87,29 @@ def test_resume_after_interrupt_gives_the_same_weights(tmp_path):
     assert [r["epoch"] for r in lines if r["type"] == "epoch"] == [1, 2, 3, 4]
     card = read_card(tmp_path / "part" / "best.safetensors")
     assert card["recipe"] == "dm" and card["model"] == "dm" and card["package_version"]
+    # the tiny run departs from the paper's dm in what tiny_config changed, and says so
+    assert "at most 4 epochs (paper 10,000)" in card["deviations"]
+    assert not any("seed" in d or "device" in d for d in card["deviations"])
+
+
+def test_the_cpu_budget_is_the_papers_procedure_cut_where_it_says():
+    from l2o.training.recipes import CPU_CURRICULUM
+
+    for name in ("dm", "dm-il", "dm-cl", "dm-cl-il", "rnnprop", "rnnprop-cl-il"):
+        recipe = get_recipe(name)
+        cpu, paper = recipe.config("cpu"), recipe.config("paper")
+        # the paper's validation: cadence in every stage, 20 runs, imitation ratios
+        assert cpu.evaluation_period == paper.evaluation_period
+        assert cpu.stage_evaluation_periods == paper.stage_evaluation_periods == []
+        assert cpu.evaluation_epochs == paper.evaluation_epochs == 20
+        assert cpu.imitation_ratios == paper.imitation_ratios
+        if paper.curriculum:
+            assert cpu.curriculum == CPU_CURRICULUM == paper.curriculum[:4]
+        changed = recipe.deviations("cpu")
+        assert all(d.startswith(("at most", "curriculum cut")) for d in changed), changed
+    assert get_recipe("rnnprop").deviations("cpu") == []
+    assert get_recipe("dm-cl-il").deviations("paper") == []
+    assert "imitation ratios 0.1/0.1 per stage" in " ".join(get_recipe("dm-cl-il").deviations("demo"))
 
 
 def test_existing_run_needs_resume_and_same_settings(tmp_path):

@@ -937,17 +937,27 @@ def _plan_rows(plan) -> list[dict[str, Any]]:
 @app.command(short_help="Reproduce a figure of the paper end to end (resumable).")
 @_guarded
 def reproduce(
-    figure: Annotated[str, typer.Argument(help="fig2 | fig3 | fig5 | fig6 | all")],
+    figure: Annotated[str, typer.Argument(help="fig2 | fig3 | fig5 | fig6 | techniques | all")],
     budget: Annotated[str, typer.Option(help="demo | cpu | paper")] = "cpu",
     out: Annotated[Path | None, typer.Option(help="output directory")] = None,
     seeds: Annotated[int | None, typer.Option(min=1, help="evaluation seeds")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="evaluation steps")] = None,
+    train_seeds: Annotated[
+        int,
+        typer.Option(
+            min=1, help="training seeds per meta-trained optimizer (the spread over them is shown)"
+        ),
+    ] = 1,
     jobs: Annotated[int, typer.Option(min=1, help="jobs run in parallel")] = 2,
     weights: Annotated[
         str, typer.Option(help="ours (meta-train) | paper (the authors' weights where published)")
     ] = "ours",
     tasks: Annotated[
         str | None, typer.Option(help="only these of the figure's tasks, comma-separated")
+    ] = None,
+    recipes: Annotated[
+        str | None,
+        typer.Option(help="only the learned curves of these recipes, comma-separated"),
     ] = None,
     plan_only: Annotated[bool, typer.Option("--plan", help="print the plan and exit")] = False,
     backend: Annotated[
@@ -987,6 +997,8 @@ def reproduce(
             seeds=seeds,
             weights=weights,
             tasks=tasks.split(",") if tasks else None,
+            train_seeds=train_seeds,
+            recipes=recipes.split(",") if recipes else None,
         )
     except ValueError as err:
         _fail(str(err))

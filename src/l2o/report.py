@@ -44,10 +44,15 @@ def _pyplot():
 
 @dataclass
 class Curve:
-    """One line of a figure: a label and the ``[seeds, steps]`` losses."""
+    """One line of a figure: a label and the ``[seeds, steps]`` losses.
+
+    ``groups`` (one integer per row, optional) marks rows that belong together, e.g. the
+    evaluation seeds of one *training* seed: the line is then the median over groups of each
+    group's ln mean loss and the band spans the groups (the spread over training seeds)."""
 
     label: str
     losses: np.ndarray
+    groups: np.ndarray | None = None
 
 
 def binned_ln_curve(losses: np.ndarray, points: int = 200):
@@ -66,11 +71,27 @@ def binned_ln_curve(losses: np.ndarray, points: int = 200):
         return x, np.log(bins.mean(0)), np.log(bins.min(0)), np.log(bins.max(0))
 
 
+def grouped_ln_curve(losses: np.ndarray, groups: np.ndarray, points: int = 200):
+    """``(steps, median over groups, min over groups, max over groups)`` of each group's
+    :func:`binned_ln_curve` line (ln of the mean over that group's seeds)."""
+    lines = [binned_ln_curve(losses[groups == g], points) for g in np.unique(groups)]
+    x = lines[0][0]
+    stack = np.stack([line[1] for line in lines])
+    with np.errstate(invalid="ignore"):
+        return x, np.median(stack, 0), stack.min(0), stack.max(0)
+
+
 def _draw(ax, curve: Curve, color: str, lw: float, alpha: float) -> None:
-    """One curve: ln(mean over seeds) with a min-max band over seeds."""
-    x, mean, lo, hi = binned_ln_curve(curve.losses)
+    """One curve: ln(mean over seeds) with a min-max band over seeds (or, with ``groups``, the
+    median over groups with a band over groups)."""
+    if curve.groups is not None:
+        x, mean, lo, hi = grouped_ln_curve(curve.losses, curve.groups)
+        spread = len(np.unique(curve.groups)) > 1
+    else:
+        x, mean, lo, hi = binned_ln_curve(curve.losses)
+        spread = curve.losses.shape[0] > 1
     ax.plot(x, mean, color=color, lw=lw, label=curve.label)
-    if curve.losses.shape[0] > 1:
+    if spread:
         ax.fill_between(x, lo, hi, color=color, alpha=alpha, lw=0)
 
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from l2o.reproduce.paper import FIGURES, PAPER_NOTES, PAPER_STEPS, PAPER_VALUES, Figure
 
 #: ``(steps, seeds)`` of the evaluations per budget (``--steps`` / ``--seeds`` override them).
@@ -126,7 +128,8 @@ def _progress(out_dir: Path, text: str) -> None:
 def _train(out_dir: Path, args: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
     from l2o.training import Trainer, get_recipe
 
-    config = get_recipe(args["recipe"]).config(args["budget"], task="mlp-orig", device=device)
+    recipe = get_recipe(args["recipe"])
+    config = recipe.config(args["budget"], task="mlp-orig", device=device, seed=args.get("seed", 0))
     trainer = Trainer(config, out_dir, resume=(out_dir / "train_state.pt").exists())
     last = {"val": "-"}
 
@@ -224,6 +227,7 @@ class Plan:
     weights: str  # "ours" | "paper"
     out: Path
     jobs: dict[str, Job] = field(default_factory=dict)
+    train_seeds: int = 1  # training seeds per meta-trained curve (0 .. train_seeds - 1)
 
     def add(self, job: Job) -> str:
         self.jobs.setdefault(job.key, job)
@@ -238,8 +242,18 @@ class Plan:
             return "missing", curve.reason
         return "train", curve.recipe
 
-    def eval_key(self, label: str, task: str) -> str:
-        return f"eval/{_slug(label)}/{task}"
+    def seeds_of(self, kind: str) -> list[int | None]:
+        """The training seeds of a curve of this ``kind``: ``[None]`` (one, unnamed) unless the
+        curve is meta-trained here with several training seeds."""
+        return list(range(self.train_seeds)) if kind == "train" and self.train_seeds > 1 else [None]
+
+    def train_key(self, recipe: str, seed: int | None = None) -> str:
+        key = f"train/{recipe}-{self.budget}"
+        return key if seed is None else f"{key}/seed-{seed}"
+
+    def eval_key(self, label: str, task: str, seed: int | None = None) -> str:
+        key = f"eval/{_slug(label)}/{task}"
+        return key if seed is None else f"{key}/seed-{seed}"
 
     def baseline_key(self, rule: str, task: str) -> str:
         return f"eval/{rule}/{task}"
@@ -257,11 +271,17 @@ def make_plan(
     seeds: int | None = None,
     weights: str = "ours",
     tasks: list[str] | None = None,
+    train_seeds: int = 1,
+    recipes: list[str] | None = None,
 ) -> Plan:
     """Every job the figures need, with their dependencies (``tasks`` restricts the figures to
-    some of their tasks)."""
+    some of their tasks; ``train_seeds`` meta-trains every learned curve with that many training
+    seeds, each evaluated on its own, for the spread over training seeds; ``recipes`` keeps only
+    the learned curves of these recipes, e.g. to run a figure's cheaper half first)."""
     if budget not in EVAL_SIZES:
         raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(EVAL_SIZES)}")
+    if train_seeds < 1:
+        raise ValueError(f"train_seeds must be at least 1, got {train_seeds}")
     if weights not in ("ours", "paper"):
         raise ValueError(f"weights must be 'ours' or 'paper', got {weights!r}")
     names = list(FIGURES) if "all" in figures else figures
@@ -282,35 +302,40 @@ def make_plan(
             for f in figs
             if set(f.tasks) & set(tasks)
         ]
-    plan = Plan(figs, budget, steps or d_steps, seeds or d_seeds, weights, out)
+    if recipes:
+        known = {c.recipe for f in figs for c in f.curves if c.recipe}
+        if not set(recipes) <= known:
+            raise ValueError(
+                f"recipe(s) {sorted(set(recipes) - known)} are not in the figure(s); "
+                f"choose from {', '.join(sorted(known))}"
+            )
+        figs = [replace(f, curves=tuple(c for c in f.curves if c.recipe in recipes)) for f in figs]
+    plan = Plan(figs, budget, steps or d_steps, seeds or d_seeds, weights, out, {}, train_seeds)
     g_steps, g_seeds = GRID_SIZES[budget]
     for fig in plan.figures:
         for curve in fig.curves:
             kind, value = plan.curve_source(curve)
             if kind == "missing":
                 continue
-            train_key = None
-            if kind == "train":
-                train_key = plan.add(
-                    Job(
-                        f"train/{value}-{budget}",
-                        "train",
-                        out / "train" / f"{value}-{budget}",
-                        {"recipe": value, "budget": budget},
-                    )
-                )
-            for task in fig.tasks:
-                key = plan.eval_key(curve.label, task)
-                args = {
-                    "rule": value,
-                    "task": task,
-                    "steps": plan.steps,
-                    "seeds": plan.seeds,
-                    "label": f"{curve.label} ({'paper weights' if kind == 'paper' else 'ours'})",
-                }
-                if train_key:
-                    args["checkpoint_from"] = str(plan.jobs[train_key].out)
-                plan.add(Job(key, "eval", out / key, args, [train_key] if train_key else []))
+            for seed in plan.seeds_of(kind):
+                train_key = None
+                if kind == "train":
+                    train_key = plan.train_key(value, seed)
+                    args = {"recipe": value, "budget": budget, "seed": seed or 0}
+                    plan.add(Job(train_key, "train", out / train_key, args))
+                for task in fig.tasks:
+                    key = plan.eval_key(curve.label, task, seed)
+                    label = f"{curve.label} ({'paper weights' if kind == 'paper' else 'ours'})"
+                    args = {
+                        "rule": value,
+                        "task": task,
+                        "steps": plan.steps,
+                        "seeds": plan.seeds,
+                        "label": label if seed is None else f"{label}, training seed {seed}",
+                    }
+                    if train_key:
+                        args["checkpoint_from"] = str(plan.jobs[train_key].out)
+                    plan.add(Job(key, "eval", out / key, args, [train_key] if train_key else []))
         for rule in fig.baselines:
             lrs = LR_GRIDS[rule]
             for task in fig.tasks:
@@ -672,6 +697,44 @@ def _cell(summary: dict[str, Any] | None) -> str:
     return text
 
 
+def _final(summary: dict[str, Any] | None) -> float | None:
+    """A finished evaluation's mean final ln loss over its seeds (``None``: not run, or every
+    seed diverged)."""
+    return None if summary is None else summary["final_ln_loss"]["mean"]
+
+
+def _seeds_cell(seeds: list[int | None], summaries: list[dict[str, Any] | None]) -> str:
+    """The cell of a curve meta-trained with several training seeds: median [min, max] over the
+    training seeds of each one's mean final ln loss, then each seed's value."""
+    done = [x for x in summaries if x is not None]
+    if not done:
+        return "not run"
+    values = [_final(x) for x in done]
+    finite = sorted(v for v in values if v is not None)
+    per_seed = ", ".join(
+        f"{s}: " + ("not run" if x is None else "diverged" if _final(x) is None else f"{_final(x):.2f}")
+        for s, x in zip(seeds, summaries, strict=True)
+    )
+    if not finite:
+        return f"diverged on every training seed ({per_seed})"
+    median = float(np.median(finite))
+    text = f"median {median:.2f} [{finite[0]:.2f}, {finite[-1]:.2f}] over {len(done)} training seeds"
+    return f"{text} ({per_seed})"
+
+
+def _training_line(label: str, recipe: str, seed: int | None, info: dict[str, Any]) -> str:
+    """What a finished training job did, in words, for the report's deviations."""
+    name = label if seed is None else f"{label}, training seed {seed}"
+    text = f"{name}: recipe `{recipe}`, {info.get('epochs')} epochs, "
+    text += f"{info.get('training_seconds')} s of training"
+    if "stage" in info:
+        text += (
+            f", curriculum ended at stage {info['stage']} (horizon {info['horizon']}): "
+            f"{info.get('curriculum_end') or 'epoch limit'}"
+        )
+    return text + "."
+
+
 @dataclass
 class WrittenReport:
     """What :func:`write_report` wrote (``paths``; iterating yields them) and each figure's
@@ -686,7 +749,7 @@ class WrittenReport:
 
 def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> WrittenReport:
     """One PNG and one markdown section per figure, and ``report.md`` holding them all."""
-    from l2o.io import atomic_write_bytes
+    from l2o.io import atomic_write_bytes, atomic_write_json
     from l2o.report import Curve, load_eval, plot_grid
 
     sections = [
@@ -696,7 +759,14 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> Writte
         + f"; evaluations of {plan.steps} steps on {plan.seeds} seeds (test split), analytic "
         f"baselines at the best learning rate of a grid ({GRID_SIZES[plan.budget][0]} steps, "
         f"{GRID_SIZES[plan.budget][1]} seeds). Cells: final ln loss (ln of the mean loss over "
-        "the last 100 steps) mean [min, max] over seeds. Wall-clock of this invocation: "
+        "the last 100 steps) mean [min, max] over seeds"
+        + (
+            f"; a meta-trained curve: over {plan.train_seeds} training seeds, the median [min, max] "
+            "of each training seed's mean, then each seed's value"
+            if plan.train_seeds > 1
+            else ""
+        )
+        + ". Wall-clock of this invocation: "
         f"{seconds:.0f} s.\n",
     ]
     paths, tables = [], {}
@@ -720,6 +790,7 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> Writte
         header = "| optimizer | " + " | ".join(fig.tasks) + " |"
         rows = [header, "|---" * (len(fig.tasks) + 1) + "|"]
         panels: dict[str, list] = {t: [] for t in fig.tasks}
+        results: list[dict[str, Any]] = []
         not_run = 0
         for curve in fig.curves:
             kind, value = plan.curve_source(curve)
@@ -731,41 +802,58 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> Writte
                 if kind == "missing":
                     cells.append(f"not reproduced / paper {paper_text}")
                     continue
-                path = plan.out / plan.eval_key(curve.label, task)
-                summary = _summary(path)
-                not_run += summary is None
-                if summary is not None:
-                    _, losses = load_eval(path)
-                    panels[task].append(Curve(curve.label, losses))
-                cells.append(f"{_cell(summary)} / paper {paper_text}")
+                seeds = plan.seeds_of(kind)
+                paths = [plan.out / plan.eval_key(curve.label, task, seed) for seed in seeds]
+                summaries = [_summary(path) for path in paths]
+                not_run += sum(x is None for x in summaries)
+                arrays = [load_eval(p)[1] for p, x in zip(paths, summaries) if x is not None]
+                if arrays:
+                    groups = np.concatenate([np.full(len(a), i) for i, a in enumerate(arrays)])
+                    several = len(seeds) > 1
+                    panels[task].append(
+                        Curve(curve.label, np.concatenate(arrays), groups if several else None)
+                    )
+                cell = _cell(summaries[0]) if len(seeds) == 1 else _seeds_cell(seeds, summaries)
+                cells.append(f"{cell} / paper {paper_text}")
+                results.append(
+                    {
+                        "curve": curve.label,
+                        "task": task,
+                        "source": kind,
+                        "paper": paper,
+                        "training_seeds": {
+                            str(seed if seed is not None else 0): _final(x)
+                            for seed, x in zip(seeds, summaries)
+                            if x is not None
+                        },
+                        "diverged_seeds": {
+                            str(seed if seed is not None else 0): x["diverged_seeds"]
+                            for seed, x in zip(seeds, summaries)
+                            if x is not None and x["diverged_seeds"]
+                        },
+                    }
+                )
             name = curve.label + (" (paper weights)" if kind == "paper" else "")
             rows.append(f"| {name} | " + " | ".join(cells) + " |")
             if kind == "missing":
                 deviations.append(f"{curve.label} not reproduced: {value}.")
             elif kind == "train":
-                train_status = statuses.get(f"train/{value}-{plan.budget}", {})
-                done_file = plan.out / "train" / f"{value}-{plan.budget}" / "done.json"
-                if done_file.exists():
-                    info = json.loads(done_file.read_text())
-                    deviations.append(
-                        f"{curve.label}: recipe `{value}`, {info.get('epochs')} epochs, "
-                        f"{info.get('training_seconds')} s of training"
-                        + (
-                            f", curriculum ended at stage {info['stage']} "
-                            f"(horizon {info['horizon']}): "
-                            f"{info.get('curriculum_end') or 'epoch limit'}"
-                            if "stage" in info
-                            else ""
-                        )
-                        + "."
-                    )
-                elif train_status:
-                    deviations.append(f"{curve.label}: training {train_status.get('status')}.")
+                for seed in plan.seeds_of(kind):
+                    key = plan.train_key(value, seed)
+                    done_file = plan.out / key / "done.json"
+                    if done_file.exists():
+                        info = json.loads(done_file.read_text())
+                        deviations.append(_training_line(curve.label, value, seed, info))
+                    elif key in statuses:
+                        deviations.append(f"{curve.label}: training {statuses[key].get('status')}.")
                 from l2o.training import get_recipe
 
-                notes = get_recipe(value).notes
-                if notes:
-                    deviations.append(f"{curve.label} (recipe `{value}`): {notes}")
+                departures = get_recipe(value).deviations(plan.budget)
+                if departures:
+                    deviations.append(
+                        f"{curve.label} (recipe `{value}`, budget `{plan.budget}`) differs from "
+                        f"the paper: {'; '.join(departures)}."
+                    )
         for rule in fig.baselines:
             label = BASELINE_LABELS[rule]
             cells = []
@@ -775,6 +863,16 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> Writte
                 if summary is not None:
                     _, losses = load_eval(path)
                     lr = summary.get("hyperparameters", {}).get("lr")
+                    results.append(
+                        {
+                            "curve": label,
+                            "task": task,
+                            "source": "baseline",
+                            "lr": lr,
+                            "final_ln_loss": _final(summary),
+                            "diverged_seeds": summary["diverged_seeds"],
+                        }
+                    )
                     panels[task].append(Curve(f"{label} (lr {lr:g})", losses))
                     cells.append(f"{_cell(summary)} (lr {lr:g})")
                 else:
@@ -788,6 +886,16 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> Writte
                 "or a job failed (the log names it); run the same command again to finish them.",
             )
         tables[fig.name] = "\n".join(rows) + "\n"
+        atomic_write_json(
+            plan.out / f"{fig.name}.json",
+            {
+                "figure": fig.name,
+                "budget": plan.budget,
+                "evaluation": {"steps": plan.steps, "seeds": plan.seeds},
+                "train_seeds": plan.train_seeds,
+                "results": results,
+            },
+        )
         png = plan.out / f"{fig.name}.png"
         plot_grid(panels, png, f"{fig.title} — ours, budget {plan.budget}")
         paths.append(png)

@@ -166,7 +166,9 @@ def test_train_seeds_train_and_evaluate_each_seed_apart(tmp_path):
     assert "eval/adam/mlp-orig" in plan.jobs and "eval/adam/mlp-orig/seed-0" not in plan.jobs
     only = make_plan(["techniques"], "cpu", tmp_path, train_seeds=3, recipes=["rnnprop"])
     assert sorted(k for k in only.jobs if k.startswith("train/")) == [
-        "train/rnnprop-cpu/seed-0", "train/rnnprop-cpu/seed-1", "train/rnnprop-cpu/seed-2"
+        "train/rnnprop-cpu/seed-0",
+        "train/rnnprop-cpu/seed-1",
+        "train/rnnprop-cpu/seed-2",
     ]
     assert "eval/adam/mlp-relu" in only.jobs
     with pytest.raises(ValueError, match=r"recipe\(s\) \['dm-aug'\] are not in the figure"):
@@ -200,7 +202,9 @@ def test_report_gives_the_spread_over_training_seeds(tmp_path, sample_data):
     assert f"0: {finals[0]:.2f}, 1: {finals[1]:.2f}, 2: {finals[2]:.2f}" in row
     data = json.loads((plan.out / "techniques.json").read_text())
     entry = next(r for r in data["results"] if r["curve"] == "L2O-DM-CL-IL")
-    assert entry["training_seeds"] == pytest.approx({"0": finals[0], "1": finals[1], "2": finals[2]})
+    assert entry["training_seeds"] == pytest.approx(
+        {"0": finals[0], "1": finals[1], "2": finals[2]}
+    )
     assert data["train_seeds"] == 3
     dm = next(r for r in written.tables["techniques"].splitlines() if r.startswith("| L2O-DM |"))
     assert "not run" in dm

@@ -109,7 +109,9 @@ def test_the_cpu_budget_is_the_papers_procedure_cut_where_it_says():
         assert all(d.startswith(("at most", "curriculum cut")) for d in changed), changed
     assert get_recipe("rnnprop").deviations("cpu") == []
     assert get_recipe("dm-cl-il").deviations("paper") == []
-    assert "imitation ratios 0.1/0.1 per stage" in " ".join(get_recipe("dm-cl-il").deviations("demo"))
+    assert "imitation ratios 0.1/0.1 per stage" in " ".join(
+        get_recipe("dm-cl-il").deviations("demo")
+    )
 
 
 def test_existing_run_needs_resume_and_same_settings(tmp_path):

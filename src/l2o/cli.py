@@ -118,6 +118,10 @@ def _guarded(command):
                 return command(*args, **kwargs)
             except (typer.Exit, typer.Abort, KeyboardInterrupt):
                 raise
+            except BrokenPipeError:  # the reader went away (`l2o ... | head`): end quietly
+                with contextlib.suppress(OSError):
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise typer.Exit(0) from None
             except Exception as err:
                 if type(err).__module__.startswith("typer") or _STATE["debug"]:
                     raise
@@ -911,7 +915,14 @@ def train(
     if "stage" in summary.extra:
         _say(
             f"curriculum: stage {summary.extra['stage']} (horizon {summary.extra['horizon']}); "
-            + (summary.extra["curriculum_end"] or "stopped at the epoch limit")
+            + (
+                summary.extra["curriculum_end"]
+                or (
+                    "interrupted in this stage"
+                    if summary.interrupted
+                    else "stopped at the epoch limit"
+                )
+            )
         )
     if "imitation_epochs" in summary.extra:
         _say(f"imitation epochs: {summary.extra['imitation_epochs']}")

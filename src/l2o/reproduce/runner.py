@@ -712,13 +712,16 @@ def _seeds_cell(seeds: list[int | None], summaries: list[dict[str, Any] | None])
     values = [_final(x) for x in done]
     finite = sorted(v for v in values if v is not None)
     per_seed = ", ".join(
-        f"{s}: " + ("not run" if x is None else "diverged" if _final(x) is None else f"{_final(x):.2f}")
+        f"{s}: "
+        + ("not run" if x is None else "diverged" if _final(x) is None else f"{_final(x):.2f}")
         for s, x in zip(seeds, summaries, strict=True)
     )
     if not finite:
         return f"diverged on every training seed ({per_seed})"
     median = float(np.median(finite))
-    text = f"median {median:.2f} [{finite[0]:.2f}, {finite[-1]:.2f}] over {len(done)} training seeds"
+    text = (
+        f"median {median:.2f} [{finite[0]:.2f}, {finite[-1]:.2f}] over {len(done)} training seeds"
+    )
     return f"{text} ({per_seed})"
 
 
@@ -761,8 +764,8 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> Writte
         f"{GRID_SIZES[plan.budget][1]} seeds). Cells: final ln loss (ln of the mean loss over "
         "the last 100 steps) mean [min, max] over seeds"
         + (
-            f"; a meta-trained curve: over {plan.train_seeds} training seeds, the median [min, max] "
-            "of each training seed's mean, then each seed's value"
+            f"; a meta-trained curve: over {plan.train_seeds} training seeds, the median "
+            "[min, max] of each training seed's mean, then each seed's value"
             if plan.train_seeds > 1
             else ""
         )
@@ -806,7 +809,8 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> Writte
                 paths = [plan.out / plan.eval_key(curve.label, task, seed) for seed in seeds]
                 summaries = [_summary(path) for path in paths]
                 not_run += sum(x is None for x in summaries)
-                arrays = [load_eval(p)[1] for p, x in zip(paths, summaries) if x is not None]
+                done = [p for p, x in zip(paths, summaries, strict=True) if x is not None]
+                arrays = [load_eval(p)[1] for p in done]
                 if arrays:
                     groups = np.concatenate([np.full(len(a), i) for i, a in enumerate(arrays)])
                     several = len(seeds) > 1
@@ -823,12 +827,12 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> Writte
                         "paper": paper,
                         "training_seeds": {
                             str(seed if seed is not None else 0): _final(x)
-                            for seed, x in zip(seeds, summaries)
+                            for seed, x in zip(seeds, summaries, strict=True)
                             if x is not None
                         },
                         "diverged_seeds": {
                             str(seed if seed is not None else 0): x["diverged_seeds"]
-                            for seed, x in zip(seeds, summaries)
+                            for seed, x in zip(seeds, summaries, strict=True)
                             if x is not None and x["diverged_seeds"]
                         },
                     }

@@ -126,7 +126,9 @@ def _describe_change(key: str, value: Any, paper: Any) -> str:
     if key == "imitation_ratios":
         return f"imitation ratios {_ratios(value)} per stage (paper {_ratios(paper)})"
     if key == "curriculum" and value and paper and value == paper[: len(value)]:
-        return f"curriculum cut at horizon {value[-1]:,} (paper: {len(paper)} stages to {paper[-1]:,})"
+        return (
+            f"curriculum cut at horizon {value[-1]:,} (paper: {len(paper)} stages to {paper[-1]:,})"
+        )
     return f"{key} {value} (paper {paper})"
 
 

@@ -155,3 +155,32 @@ def test_corrupt_training_state_is_a_clear_error(tmp_path):
     )
     assert result.exit_code == 2 and "not a readable l2o training state" in result.output
     assert "delete it" in result.output
+
+
+def test_demo_verdict_names_the_claim_and_the_margin_against_adam(tmp_path):
+    from l2o.cli import demo_verdict
+
+    def put(folder, task, value, lr=None):
+        path = tmp_path / "eval" / folder / task
+        path.mkdir(parents=True)
+        summary = {"final_ln_loss": {"mean": value}, "hyperparameters": {"lr": lr} if lr else {}}
+        (path / "summary.json").write_text(json.dumps(summary))
+
+    put("l2o-dm", "mlp-orig", 0.83)
+    put("l2o-dm-cl-il", "mlp-orig", -2.38)
+    put("rnnprop-cl-il", "mlp-orig", -3.80)
+    put("adam", "mlp-orig", -2.90, lr=0.03)
+    put("l2o-dm", "mlp-relu", 1.60)
+    put("l2o-dm-cl-il", "mlp-relu", 1.70)
+    put("rnnprop-cl-il", "mlp-relu", -1.00)
+    put("adam", "mlp-relu", -2.79, lr=0.03)
+    text = demo_verdict(tmp_path)
+    assert "mlp-orig: CL+IL beats the plain baseline by 3.21" in text
+    assert "mlp-relu: at this budget CL+IL does NOT beat the plain baseline (1.70 vs 1.60)" in text
+    assert "mlp-orig: RNNprop-CL-IL (-3.80) beats grid-tuned Adam (lr 0.03, -2.90) by 0.90" in text
+    assert (
+        "mlp-relu: the best learned optimizer, RNNprop-CL-IL (-1.00), falls short of grid-tuned "
+        "Adam (lr 0.03, -2.79) by 1.79"
+    ) in text
+    (tmp_path / "eval" / "adam" / "mlp-relu" / "summary.json").unlink()
+    assert "mlp-relu: not comparable with Adam (a run is missing)" in demo_verdict(tmp_path)

@@ -6,6 +6,7 @@ import os
 import pty
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -166,3 +167,32 @@ def test_render_table_moves_long_columns_to_a_second_line_and_never_cuts():
     assert lines[3].startswith("    text: word")
     plain = render_table(rows, cols, terminal=False, max_width=40)
     assert len(plain) == 3 and plain[2].endswith("word")
+
+
+def test_measured_values_are_the_ones_in_results_md():
+    """``l2o pretrained`` shows l2o/measured.py's copy of docs/results.md's grid of the authors'
+    checkpoints: a re-measurement must update both, and this test says which cell differs."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
+    header = "| checkpoint | mlp-orig | mlp-relu | mlp-deeper | conv-mnist | conv-cifar |"
+    lines = text[text.index(header) :].splitlines()
+    tasks = [c.strip() for c in header.strip("|").split("|")][1:]
+    cell = re.compile(r"(-?\d+\.\d+) \[(-?\d+\.\d+), (-?\d+\.\d+)\] \((\d+)x(\d+)k\)")
+    seen = 0
+    for line in lines[2:]:
+        if not line.startswith("| `paper:"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        name = cells[0].strip("`")
+        for task, text_cell in zip(tasks, cells[1:], strict=True):
+            match = cell.match(text_cell)
+            measured = PAPER_WEIGHTS_MEASURED[name].get(task)
+            if match is None:
+                assert measured is None, f"{name} {task}: results.md says {text_cell!r}"
+                continue
+            mean, low, high, seeds, ksteps = match.groups()
+            expected = (float(mean), float(low), float(high), int(seeds), int(ksteps) * 1000)
+            assert measured is not None and tuple(measured) == expected, f"{name} {task}"
+            seen += 1
+    assert seen >= 25

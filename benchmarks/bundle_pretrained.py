@@ -53,6 +53,11 @@ def main() -> None:
     ap.add_argument("--eval", action="append", default=[], help="TASK=evaluation folder")
     ap.add_argument("--adam", action="append", default=[], help="TASK=Adam evaluation folder")
     ap.add_argument("--known-failures", default="")
+    ap.add_argument(
+        "--selection",
+        default="",
+        help="how this run was chosen, e.g. 'best of training seeds 0-2 on mlp-orig 10x10k'",
+    )
     args = ap.parse_args()
 
     rule = load_rule_checkpoint(args.checkpoint)
@@ -74,6 +79,8 @@ def main() -> None:
         evaluation=evaluation,
         known_failures=args.known_failures,
         source_checkpoint=str(args.checkpoint),
+        training_seed=card.get("config", {}).get("seed"),
+        selection=args.selection,
     )
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     path = OUT_DIR / f"{args.name}.safetensors"

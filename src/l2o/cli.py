@@ -17,6 +17,7 @@ import functools
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import tempfile
@@ -1048,7 +1049,7 @@ def reproduce(
     if interrupted:
         _say(
             f"interrupted: finished jobs are kept; run the same command to resume "
-            f"(l2o reproduce {figure} --budget {budget} --out {out})",
+            f"({_same_command(out)})",
             style="yellow",
         )
         raise typer.Exit(130)
@@ -1056,6 +1057,15 @@ def reproduce(
     if failed:
         _say(f"{len(failed)} jobs did not finish: {', '.join(failed)}", style="red")
         raise typer.Exit(1)
+
+
+def _same_command(out: Path) -> str:
+    """This invocation's command line, with ``--out`` made explicit (the default depends on
+    other options), for a message that says how to resume it."""
+    args = sys.argv[1:]
+    if "--out" not in args and not any(a.startswith("--out=") for a in args):
+        args = [*args, "--out", str(out)]
+    return "l2o " + " ".join(shlex.quote(a) for a in args)
 
 
 def _check_data(plan, out: Path) -> None:

@@ -90,10 +90,13 @@ def test_a_card_of_the_wrong_shape_is_a_clear_error(tmp_path):
     fails_clearly(["evaluate", bad, *QUICK], "'hyperparameters' is not an object")
 
 
-def test_a_card_the_model_cannot_take_is_a_clear_error(tmp_path):
+def test_a_card_the_model_cannot_take_is_a_clear_error(tmp_path, monkeypatch):
     card = {"model": "dm", "hyperparameters": {"no_such_setting": 1}}
     bad = _checkpoint_with_card(tmp_path / "odd.safetensors", card)
+    monkeypatch.chdir(tmp_path)  # the default --out lies under runs/ here
     fails_clearly(["evaluate", bad, *QUICK], "do not build a 'dm' rule", "odd.safetensors")
+    # the command failed before writing anything: it leaves no empty output folder behind
+    assert not any((tmp_path / "runs" / "eval").iterdir())
 
 
 def test_unexpected_failures_are_short_and_debug_shows_the_traceback(monkeypatch, tmp_path):

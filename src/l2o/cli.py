@@ -318,11 +318,20 @@ def _check_memory(rule, task, steps: int, seeds: int, device: str) -> None:
         )
 
 
+def _remove_if_unused(out: Path) -> None:
+    """Remove ``out`` if it holds nothing but this command's lock file."""
+    with contextlib.suppress(OSError):
+        if {p.name for p in out.iterdir()} <= {LOCK_NAME}:
+            (out / LOCK_NAME).unlink(missing_ok=True)
+            out.rmdir()
+
+
 def _hold_out(out: Path, done: Path | None = None, force: bool = False) -> None:
     """Claim the output folder for this command: create it and check it is writable, lock it
     (a second run into it stops at once; the lock goes with the process, even on kill -9), and
     refuse to overwrite a finished result (``done``) without ``--force``."""
     out = Path(out)
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".l2o-write-test-"):
@@ -349,6 +358,8 @@ def _hold_out(out: Path, done: Path | None = None, force: bool = False) -> None:
     handle.flush()
     stack = _STATE["stack"]
     if stack is not None:
+        if created:  # runs last: a command that failed before writing anything leaves no folder
+            stack.callback(_remove_if_unused, out)
         stack.callback(handle.close)  # closing drops the lock
     if done is not None and done.exists() and not force:
         _fail(

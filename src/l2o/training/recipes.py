@@ -20,8 +20,10 @@ BUDGETS = ("demo", "cpu", "paper")
 
 #: L2O-Scale's meta learning rate in the original code (RMSProp, docs/method.md 3.2 and 8.1 item 9).
 PAPER_SCALE_META_LR = 1e-6
-#: The ``scale`` recipe's meta learning rate (chosen by measurement: docs/scale.md).
-SCALE_META_LR = 3e-3
+#: A meta learning rate at which backpropagation moves L2O-Scale's weights within a cpu budget
+#: (docs/scale.md's sweep); the ``scale`` recipes used it before 2026-11-29.
+FAST_SCALE_META_LR = 3e-3
+SCALE_META_LR = FAST_SCALE_META_LR
 #: L2O-DM's imitation probability per curriculum stage (docs/method.md 5.1: none in stage 0).
 DM_IMITATION_RATIOS = [0.0, 0.1, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]
 

@@ -108,6 +108,14 @@ def test_the_cpu_budget_is_the_papers_procedure_cut_where_it_says():
         changed = recipe.deviations("cpu")
         assert all(d.startswith(("at most", "curriculum cut")) for d in changed), changed
     assert get_recipe("rnnprop").deviations("cpu") == []
+    # L2O-Scale's baseline is the original's run at the cpu budget too (docs/scale.md: the
+    # variants measured); its CL recipes say how they differ
+    from l2o.training.recipes import PAPER_SCALE_META_LR
+
+    scale = get_recipe("scale").config("cpu")
+    assert scale.meta_lr == PAPER_SCALE_META_LR and scale.rule_state == "carry"
+    assert get_recipe("scale").deviations("cpu") == []
+    assert any("meta learning rate 3e-3" in d for d in get_recipe("scale-cl-il").deviations("cpu"))
     assert get_recipe("dm-cl-il").deviations("paper") == []
     assert "imitation ratios 0.1/0.1 per stage" in " ".join(
         get_recipe("dm-cl-il").deviations("demo")

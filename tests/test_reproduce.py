@@ -211,3 +211,18 @@ def test_report_gives_the_spread_over_training_seeds(tmp_path, sample_data):
     assert (plan.out / "techniques.png").stat().st_size > 10_000
     md = (plan.out / "techniques.md").read_text()
     assert "curriculum cut at horizon 1,000" in md
+
+
+def test_an_evaluation_finds_its_training_after_the_output_folder_moved(tmp_path):
+    """A run's state is resumable elsewhere (committed, cloned): done.json's recorded path is gone,
+    the checkpoint of that name in the moved folder is used."""
+    from l2o.reproduce.runner import _trained_checkpoint
+
+    old, new = tmp_path / "old" / "train" / "x", tmp_path / "new" / "train" / "x"
+    new.mkdir(parents=True)
+    (new / "best.safetensors").write_bytes(b"weights")
+    (new / "done.json").write_text(json.dumps({"checkpoint": str(old / "best.safetensors")}))
+    assert _trained_checkpoint(new) == str(new / "best.safetensors")
+    old.mkdir(parents=True)
+    (old / "best.safetensors").write_bytes(b"weights")
+    assert _trained_checkpoint(new) == str(old / "best.safetensors")  # where it still is

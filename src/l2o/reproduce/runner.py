@@ -182,6 +182,14 @@ def _grid(out_dir: Path, args: dict[str, Any], device: str = "cpu") -> dict[str,
     return {"status": "done", "best_lr": float(best), "scores": scores, **args}
 
 
+def _trained_checkpoint(train_dir: Path) -> str:
+    """The checkpoint a finished training job released. Its ``done.json`` records the path it had
+    then; if the output folder has moved since (copied to another machine, committed and cloned),
+    the file of that name in the folder as it is now."""
+    recorded = Path(json.loads((train_dir / "done.json").read_text())["checkpoint"])
+    return str(recorded if recorded.exists() else train_dir / recorded.name)
+
+
 def _eval(out_dir: Path, args: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
     from l2o.evaluation import evaluate
     from l2o.registry import load_rule
@@ -190,7 +198,7 @@ def _eval(out_dir: Path, args: dict[str, Any], device: str = "cpu") -> dict[str,
 
     spec, lr = args["rule"], args.get("lr")
     if args.get("checkpoint_from"):
-        spec = json.loads((Path(args["checkpoint_from"]) / "done.json").read_text())["checkpoint"]
+        spec = _trained_checkpoint(Path(args["checkpoint_from"]))
     if args.get("lr_from"):
         lr = json.loads((Path(args["lr_from"]) / "done.json").read_text())["best_lr"]
     rule = load_rule(spec, lr=lr) if lr is not None else load_rule(spec)

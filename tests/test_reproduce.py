@@ -209,6 +209,7 @@ def test_report_gives_the_spread_over_training_seeds(tmp_path, sample_data):
     dm = next(r for r in written.tables["techniques"].splitlines() if r.startswith("| L2O-DM |"))
     assert "not run" in dm
     assert (plan.out / "techniques.png").stat().st_size > 10_000
+    assert [p.name for p in written] == ["techniques.png", "report.md"]  # what it wrote, only
     md = (plan.out / "techniques.md").read_text()
     assert "curriculum cut at horizon 1,000" in md
 

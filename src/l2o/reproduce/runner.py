@@ -814,10 +814,10 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> Writte
                     cells.append(f"not reproduced / paper {paper_text}")
                     continue
                 seeds = plan.seeds_of(kind)
-                paths = [plan.out / plan.eval_key(curve.label, task, seed) for seed in seeds]
-                summaries = [_summary(path) for path in paths]
+                folders = [plan.out / plan.eval_key(curve.label, task, seed) for seed in seeds]
+                summaries = [_summary(folder) for folder in folders]
                 not_run += sum(x is None for x in summaries)
-                done = [p for p, x in zip(paths, summaries, strict=True) if x is not None]
+                done = [f for f, x in zip(folders, summaries, strict=True) if x is not None]
                 arrays = [load_eval(p)[1] for p in done]
                 if arrays:
                     groups = np.concatenate([np.full(len(a), i) for i, a in enumerate(arrays)])

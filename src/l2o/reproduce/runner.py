@@ -728,7 +728,7 @@ def _seeds_cell(seeds: list[int | None], summaries: list[dict[str, Any] | None])
         return f"diverged on every training seed ({per_seed})"
     median = float(np.median(finite))
     text = (
-        f"median {median:.2f} [{finite[0]:.2f}, {finite[-1]:.2f}] over {len(done)} training seeds"
+        f"median {median:.2f} [{finite[0]:.2f}, {finite[-1]:.2f}] over {len(done)} training seed" + ("s" if len(done) != 1 else "")
     )
     return f"{text} ({per_seed})"
 

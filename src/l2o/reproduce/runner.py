@@ -727,9 +727,8 @@ def _seeds_cell(seeds: list[int | None], summaries: list[dict[str, Any] | None])
     if not finite:
         return f"diverged on every training seed ({per_seed})"
     median = float(np.median(finite))
-    text = (
-        f"median {median:.2f} [{finite[0]:.2f}, {finite[-1]:.2f}] over {len(done)} training seed" + ("s" if len(done) != 1 else "")
-    )
+    seeds_text = f"{len(done)} training seed" + ("s" if len(done) != 1 else "")
+    text = f"median {median:.2f} [{finite[0]:.2f}, {finite[-1]:.2f}] over {seeds_text}"
     return f"{text} ({per_seed})"
 
 

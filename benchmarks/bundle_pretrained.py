@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from l2o.checkpoint import load_rule_checkpoint, save_rule
+from l2o.training import RECIPES, TrainConfig
 
 OUT_DIR = Path(__file__).resolve().parents[1] / "src" / "l2o" / "pretrained" / "ours"
 
@@ -72,6 +73,10 @@ def main() -> None:
             adam = _result(adams[task])
             entry["adam"] = {k: adam[k] for k in ("final_ln_loss", "lr", "steps", "seeds")}
         evaluation[task] = entry
+    # what the training departs from in the paper's procedure, by the recipes as they are now
+    if card.get("recipe") in RECIPES and isinstance(card.get("config"), dict):
+        config = TrainConfig.from_dict(card["config"])
+        card["deviations"] = RECIPES[card["recipe"]].deviations(config)
     card.update(
         name=args.name,
         trained_on=f"{card.get('task', 'mlp-orig')} (MNIST train split), recipe "

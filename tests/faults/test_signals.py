@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from procs import Child, assert_same_weights, best_weights, final_weights, metrics, run
 
-ENV = {"L2O_TINY_VALIDATION_RUNS": "300"}
+ENV = {"L2O_TINY_VALIDATION_RUNS": "1000"}
 ARGS = ["train", "tiny", "--task", "quadratic", "--epochs", "4", "--evaluation-period", "2"]
 ARGS += ["--no-compile"]
 
@@ -36,7 +36,7 @@ def test_a_signal_during_validation_stops_without_a_score_and_resume_redoes_it(
 ) -> None:
     child = Child([*ARGS, "--out", "run"], tmp_path, tmp_path / "marks", **ENV)
     assert child.wait_for("validate", count=2), child.finish()[1]  # the epoch-4 validation
-    time.sleep(0.3)
+    time.sleep(0.1)
     assert "validated" in child.lines() and child.lines().count("validated") == 1
     child.proc.send_signal(sig)
     code, out = child.finish()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +26,10 @@ BASE_ENV = {
 }
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Child:
     """One ``l2o`` command in a child process, with its marks file."""
 
@@ -40,6 +45,9 @@ class Child:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,  # its own process group: a test can kill it with its workers
+            # Ctrl-C as at a terminal, even when the suite itself runs in the background (which
+            # starts every child with SIGINT ignored, so Python would install no handler)
+            preexec_fn=_default_sigint,
         )
 
     def lines(self) -> list[str]:

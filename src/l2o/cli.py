@@ -775,8 +775,6 @@ def train(
             Col("description", "description", long=True),
             Col("deviations", f"differs from the paper at --budget {budget}", long=True),
         ]
-        if budget not in ("demo", "cpu", "paper"):
-            _fail(f"unknown budget {budget!r}; choose one of demo, cpu, paper")
         print_table(_recipe_rows(budget), cols, as_json=as_json, wide=wide)
         if recipe is None and not list_recipes:
             raise typer.Exit(2)
@@ -1253,22 +1251,15 @@ def demo(
         raise typer.Exit(1)
 
 
-#: The demo's learned optimizers: (folder under eval/, name in the verdict).
-DEMO_LEARNED = (
-    ("l2o-dm", "L2O-DM"),
-    ("l2o-dm-cl-il", "L2O-DM-CL-IL"),
-    ("rnnprop-cl-il", "RNNprop-CL-IL"),
-)
-
-
 def demo_verdict(out: Path) -> str:
     """The demo's two answers, task by task, in words: does L2O-DM-CL-IL beat L2O-DM (the
     paper's claim), and does the best optimizer the demo meta-trained beat grid-tuned Adam (and
     by how much it wins or falls short)."""
-    from l2o.reproduce.paper import DEMO
+    from l2o.reproduce.paper import DEMO, DM, DM_CL_IL
+    from l2o.reproduce.runner import Plan
 
-    def final(folder: str, task: str) -> tuple[float | None, dict[str, Any]]:
-        path = Path(out) / "eval" / folder / task / "summary.json"
+    def final(label: str, task: str) -> tuple[float | None, dict[str, Any]]:
+        path = Path(out) / Plan.eval_key(label, task) / "summary.json"
         if not path.exists():
             return None, {}
         summary = json.loads(path.read_text())
@@ -1276,7 +1267,7 @@ def demo_verdict(out: Path) -> str:
 
     claims, against_adam = [], []
     for task in DEMO.tasks:
-        plain, both = final("l2o-dm", task)[0], final("l2o-dm-cl-il", task)[0]
+        plain, both = final(DM.label, task)[0], final(DM_CL_IL.label, task)[0]
         if plain is None or both is None:
             claims.append(f"{task}: not comparable (a run is missing or diverged everywhere)")
         elif both < plain:
@@ -1288,7 +1279,7 @@ def demo_verdict(out: Path) -> str:
                 f"({both:.2f} vs {plain:.2f})"
             )
         adam, summary = final("adam", task)
-        learned = [(v, name) for f, name in DEMO_LEARNED if (v := final(f, task)[0]) is not None]
+        learned = [(v, c.label) for c in DEMO.curves if (v := final(c.label, task)[0]) is not None]
         if adam is None or not learned:
             against_adam.append(f"{task}: not comparable with Adam (a run is missing)")
             continue

@@ -259,7 +259,8 @@ class Plan:
         key = f"train/{recipe}-{self.budget}"
         return key if seed is None else f"{key}/seed-{seed}"
 
-    def eval_key(self, label: str, task: str, seed: int | None = None) -> str:
+    @staticmethod
+    def eval_key(label: str, task: str, seed: int | None = None) -> str:
         key = f"eval/{_slug(label)}/{task}"
         return key if seed is None else f"{key}/seed-{seed}"
 

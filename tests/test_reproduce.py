@@ -124,6 +124,26 @@ def test_trainings_start_before_the_evaluations_of_finished_ones(tmp_path):
     assert ready[:2] == ["train/dm-il-cpu", "train/dm-cl-cpu"]
 
 
+def test_results_first_evaluates_finished_trainings_before_starting_new_ones(tmp_path):
+    from l2o.reproduce.runner import ready_jobs, run_plan
+
+    plan = make_plan(["fig5"], "cpu", tmp_path)
+    pending = dict(plan.jobs)
+    # Nothing trained yet: the grids (which need no training) go before any training.
+    first = ready_jobs(pending, set(), order="results")
+    kinds = [pending[k].kind for k in first]
+    assert kinds.index("train") > kinds.index("grid")
+    assert kinds[kinds.index("train") :] == ["train"] * kinds.count("train")
+    # dm has trained: its evaluations start before the trainings still to run.
+    del pending["train/dm-cpu"]
+    ready = ready_jobs(pending, {"train/dm-aug-cpu"}, order="results")
+    assert ready.index("eval/l2o-dm/mlp-orig") < ready.index("train/dm-il-cpu")
+    with pytest.raises(ValueError, match="unknown order 'fast'; choose one of trainings, results"):
+        ready_jobs(pending, set(), order="fast")
+    with pytest.raises(ValueError, match="unknown order"):
+        run_plan(plan, order="fast")
+
+
 def test_eta_rescales_the_estimates_by_how_the_finished_jobs_went():
     from l2o.reproduce.runner import remaining_seconds
 

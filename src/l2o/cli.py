@@ -991,6 +991,14 @@ def reproduce(
         int, typer.Option(min=0, help="with --backend ray: retries of a failed job")
     ] = 2,
     device: Annotated[str, typer.Option(help="cpu or cuda (one GPU per job)")] = "cpu",
+    results_first: Annotated[
+        bool,
+        typer.Option(
+            "--results-first",
+            help="evaluate finished trainings before starting new ones (for a machine held for "
+            "a few hours); default: trainings first, the shortest total time",
+        ),
+    ] = False,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
     wide: WideOpt = False,
@@ -1045,7 +1053,13 @@ def reproduce(
     _check_data(plan, out)
     start = time.perf_counter()
     interrupted = False
-    options = dict(backend=backend, device=device, address=address, max_retries=max_retries)
+    options = dict(
+        backend=backend,
+        device=device,
+        address=address,
+        max_retries=max_retries,
+        order="results" if results_first else "trainings",
+    )
     try:
         statuses = run_plan(plan, jobs=jobs, log=_say, **options)
     except KeyboardInterrupt:

@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+import configs
 from l2o.checkpoint import load_training_state
 from l2o.io import read_jsonl
 from l2o.training import TrainConfig, Trainer, TrainingError, get_recipe
@@ -28,17 +29,8 @@ TIMEOUT = 240  # a hang fails the test instead of blocking the suite
 
 
 def tiny_config(**overrides):
-    values = dict(
-        task="quadratic",
-        horizon=40,
-        num_epochs=4,
-        evaluation_period=2,
-        evaluation_epochs=3,
-        compile=False,
-        instances=4,
-    )
-    values.update(overrides)
-    return get_recipe("dm").config("demo", **values)
+    """The shared tiny configuration with 4 instances (so that there is something to shard)."""
+    return configs.tiny_config(**{"instances": 4, **overrides})
 
 
 def free_port() -> int:

@@ -7,25 +7,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from configs import tiny_config
 from l2o.checkpoint import load_rule_checkpoint, read_card
 from l2o.cli import app
 from l2o.rules import DMRule
 from l2o.tasks import get_task
 from l2o.training import Trainer, TrainingError, get_recipe
 from l2o.training.unroll import detach, start_trajectory, unroll
-
-
-def tiny_config(**overrides):
-    values = dict(
-        task="quadratic",
-        horizon=40,
-        num_epochs=4,
-        evaluation_period=2,
-        evaluation_epochs=3,
-        compile=False,
-    )
-    values.update(overrides)
-    return get_recipe("dm").config("demo", **values)
 
 
 def test_surrogate_gives_the_true_first_order_meta_gradient():

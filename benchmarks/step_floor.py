@@ -1,6 +1,8 @@
-"""How fast could an exact L2O-DM meta-training step be on this CPU? A floor, measured.
+"""How fast could an exact meta-training step be on this CPU? A floor, measured.
 
-Usage: OMP_NUM_THREADS=1 python benchmarks/dm_floor.py [--repeats 7] [--out PATH]
+Usage: OMP_NUM_THREADS=1 python benchmarks/step_floor.py [--part dm,scale] [--repeats 7]
+
+Part ``dm`` (writes ``benchmarks/results/step_floor-dm-cpu.json``):
 
 Issue 12 asks for L2O-DM meta-training at 2x today's compiled ``l2o``. This script measures, in
 one process and alternately, the time of today's epoch (``dm`` recipe, ``mlp-orig``, 100 optimizee
@@ -24,8 +26,13 @@ steps with 5 meta-steps, compiled; the reference cell and the fused cell) and of
 * ``peak``: the machine's float32 matmul rate on a large square product (1,024^3), to state the
   floor also as "the step's FLOPs at the best rate this core reaches".
 
+Part ``scale`` (``step_floor-scale-cpu.json``): today's compiled L2O-Scale epoch (``scale``
+recipe, ``mlp-orig``) against the optimizee's work alone that its meta-objective prescribes
+(Wichrowska et al. 2017, docs/method.md 3.2): the loss and gradient on the unroll's 10,000-example
+subset at every step but the first of each unroll, and on the rule's minibatch at every step
+(as the task computes them), and only the two large matrix products of those (a strict floor).
+
 The ratio ``today / floor`` bounds the speed-up any rewrite of the step can give on this CPU.
-Writes ``benchmarks/results/dm_floor-cpu.json``.
 """
 
 from __future__ import annotations
@@ -106,6 +113,78 @@ def eval_floor_fn(n: int, chunk: int):
     return run
 
 
+def scale_floor_fn(steps: int, unroll: int, subset: int):
+    """The optimizee's loss and gradient that an L2O-Scale epoch of ``steps`` steps computes:
+    on the objective subset at every step but each unroll's first, on the minibatch at every
+    step."""
+    from l2o.tasks import get_task
+    from l2o.training.unroll import ObjectiveSubsets, loss_and_grad
+
+    task = get_task("mlp-orig")
+    x = task.init([0])
+    big = ObjectiveSubsets(task, [0], "train", subset).next()
+    stream = task.stream([0], "train")
+
+    def run():
+        for t in range(steps):
+            if t % unroll:
+                loss_and_grad(task, x, big, None)
+            loss_and_grad(task, x, stream.next(), None)
+
+    return run
+
+
+def scale_products_fn(steps: int, unroll: int, subset: int):
+    """Only the two large products of those evaluations: the first layer's forward on the
+    subset (``[subset, 784] @ [784, 20]``) and its weight gradient (``[784, subset] @ [subset,
+    20]``), at every step but each unroll's first."""
+    g = torch.Generator().manual_seed(3)
+    data, w = torch.randn(subset, 784, generator=g), torch.randn(784, 20, generator=g)
+    dh = torch.randn(subset, 20, generator=g)
+    out, dw = torch.empty(subset, 20), torch.empty(784, 20)
+    data_t = data.t()
+
+    def run():
+        for t in range(steps):
+            if t % unroll:
+                torch.mm(data, w, out=out)
+                torch.mm(data_t, dh, out=dw)
+
+    return run
+
+
+def scale_part(args) -> None:
+    from l2o.training import get_recipe
+
+    cfg = get_recipe("scale").config("demo", task="mlp-orig", instances=1)
+    steps, unroll, subset = cfg.horizon, cfg.unroll_length, cfg.meta_objective.subset
+    variants = {
+        "l2o": trainer_epoch("scale", "fused", compile=True)[0],
+        "optimizee": scale_floor_fn(steps, unroll, subset),
+        "products": scale_products_fn(steps, unroll, subset),
+    }
+    times = alternate(variants, args.repeats)
+    med = {k: median(v) for k, v in times.items()}
+    result = {
+        "what": f"seconds per epoch of {steps} optimizee steps (L2O-Scale, mlp-orig, 1 "
+        f"instance, unrolls of {unroll}, objective subset {subset}); optimizee: only the loss "
+        "and gradient evaluations of such an epoch",
+        "times": times,
+        "median_seconds": med,
+        "steps_per_second": {k: steps / v for k, v in med.items()},
+        "bound_today_over_floor": med["l2o"] / med["optimizee"],
+        "bound_today_over_products": med["l2o"] / med["products"],
+        "threads": torch.get_num_threads(),
+    }
+    write("step_floor-scale-cpu", result)
+    print(
+        f"L2O-Scale today {steps / med['l2o']:.1f} steps/s; its optimizee work alone "
+        f"{steps / med['optimizee']:.1f} steps/s: at most {result['bound_today_over_floor']:.2f}x "
+        f"today's; its two large products alone {steps / med['products']:.1f} steps/s: at most "
+        f"{result['bound_today_over_products']:.2f}x"
+    )
+
+
 def peak_rate(repeats: int) -> float:
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     c = torch.empty(1024, 1024)
@@ -116,11 +195,21 @@ def peak_rate(repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--part", default="dm,scale", help="comma-separated: dm, scale")
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--seeds", type=int, default=10, help="evaluation population")
+    ap.add_argument("--seeds", type=int, default=10, help="evaluation population (dm part)")
     args = ap.parse_args()
+    parts = args.part.split(",")
+    unknown = set(parts) - {"dm", "scale"}
+    if unknown:
+        raise SystemExit(f"unknown part(s) {', '.join(sorted(unknown))}; choose from dm, scale")
+    if "dm" in parts:
+        dm_part(args)
+    if "scale" in parts:
+        scale_part(args)
 
+
+def dm_part(args) -> None:
     from l2o.evaluation import CHUNK_COORDINATES
     from l2o.tasks import get_task
 
@@ -161,7 +250,7 @@ def main() -> None:
         "eval_fused_over_today": med["eval-reference"] / med["eval-fused"],
         "threads": torch.get_num_threads(),
     }
-    write("dm_floor-cpu", result, args.out)
+    write("step_floor-dm-cpu", result)
     print(
         f"today {STEPS / today:.1f} steps/s, fused {STEPS / med['fused']:.1f}; the six products "
         f"alone {STEPS / med['gemm']:.1f} steps/s at {result['gemm_rate_gflops']:.1f} GFLOP/s "

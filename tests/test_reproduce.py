@@ -89,6 +89,58 @@ def test_reproduce_runs_end_to_end_writes_report_and_resumes(tmp_path):
     assert "start eval/l2o-dm/mlp-orig" in again.output
 
 
+def test_finished_results_made_with_other_settings_are_refused_not_reused(tmp_path):
+    """An evaluation folder holds one result: asking the same folder for 3,000 steps must not
+    report the 10,000-step result under the new settings."""
+    out = tmp_path / "rep"
+    plan = make_plan(["fig5"], "demo", out, steps=20, seeds=2, weights="paper", tasks=["mlp-orig"])
+    job = plan.jobs["eval/adam/mlp-orig"]
+    from l2o.reproduce.runner import _run_job
+
+    args = {k: v for k, v in job.args.items() if k != "lr_from"}  # no grid: a fixed lr
+    job.out.mkdir(parents=True)
+    status = _run_job("eval", str(job.out), {**args, "lr": 0.01}, 1)
+    assert status["status"] == "done"
+    recorded = json.loads((job.out / "done.json").read_text())["settings"]
+    assert recorded == {"rule": "adam", "task": "mlp-orig", "steps": 20, "seeds": 2}
+    # the same settings: reused
+    same = make_plan(["fig5"], "demo", out, steps=20, seeds=2, weights="paper", tasks=["mlp-orig"])
+    assert same.jobs["eval/adam/mlp-orig"].done()
+    with pytest.raises(ValueError) as err:
+        make_plan(["fig5"], "demo", out, steps=30, seeds=2, weights="paper", tasks=["mlp-orig"])
+    text = str(err.value)
+    assert "eval/adam/mlp-orig was made with steps=20, this run asks for steps=30" in text
+    assert "use another --out, or delete those folders" in text
+    # a result finished before settings were recorded is checked against its summary
+    done = json.loads((job.out / "done.json").read_text())
+    del done["settings"]
+    (job.out / "done.json").write_text(json.dumps(done))
+    with pytest.raises(ValueError, match="made with seeds=2, this run asks for seeds=3"):
+        make_plan(["fig5"], "demo", out, steps=20, seeds=3, weights="paper", tasks=["mlp-orig"])
+    # the CLI says it before running anything
+    result = CliRunner().invoke(
+        app,
+        [
+            "reproduce",
+            "fig5",
+            "--weights",
+            "paper",
+            "--budget",
+            "demo",
+            "--steps",
+            "30",
+            "--seeds",
+            "2",
+            "--tasks",
+            "mlp-orig",
+            "--out",
+            str(out),
+            "--plan",
+        ],
+    )
+    assert result.exit_code == 2 and "made with steps=20" in result.output
+
+
 def test_plan_names_a_training_it_will_resume_and_counts_only_what_is_left(tmp_path):
     from l2o.reproduce.runner import describe_plan, estimate_seconds
 

@@ -45,6 +45,14 @@ LR_GRIDS: dict[str, tuple[float, ...]] = {
 #: Learned rules are compiled for evaluations at least this long (compiling takes ~10-20 s).
 COMPILE_FROM_STEPS = 2_000
 BASELINE_LABELS = {"adam": "Adam", "rmsprop": "RMSprop", "sgd": "SGD", "nag": "NAG"}
+#: The arguments of each kind of job that decide its result; a finished job records them in its
+#: ``done.json`` so that a later run with other settings into the same folder is refused instead of
+#: reporting the old result under the new settings.
+RESULT_ARGS = {
+    "train": ("recipe", "budget", "seed"),
+    "grid": ("rule", "task", "lrs", "steps", "seeds"),
+    "eval": ("rule", "task", "steps", "seeds"),
+}
 
 
 @dataclass
@@ -59,6 +67,43 @@ class Job:
 
     def done(self) -> bool:
         return (self.out / "done.json").exists()
+
+    def settings(self) -> dict[str, Any]:
+        """The arguments that decide this job's result (not its label or the paths it reads)."""
+        return {k: self.args[k] for k in RESULT_ARGS[self.kind] if k in self.args}
+
+    def recorded_settings(self) -> dict[str, Any] | None:
+        """The settings the finished result in ``out`` was made with; ``None`` if it is not
+        finished or did not record them. Evaluations finished before settings were recorded are
+        read from their ``summary.json``."""
+        path = self.out / "done.json"
+        if not path.exists():
+            return None
+        done = json.loads(path.read_text())
+        if "settings" in done:
+            return done["settings"]
+        summary = self.out / "summary.json"
+        if self.kind == "eval" and summary.exists():
+            s = json.loads(summary.read_text())
+            return {
+                "task": s["task"],
+                "steps": s.get("steps_requested", s["steps"]),
+                "seeds": len(s["seeds"]),
+            }
+        return None
+
+    def conflict(self) -> str | None:
+        """What differs between the finished result in ``out`` and what this job asks for
+        (``None``: nothing, or nothing finished)."""
+        recorded, wanted = self.recorded_settings(), self.settings()
+        if recorded is None:
+            return None
+        differ = [k for k in wanted if k in recorded and recorded[k] != wanted[k]]
+        if not differ:
+            return None
+        then = ", ".join(f"{k}={recorded[k]}" for k in differ)
+        now = ", ".join(f"{k}={wanted[k]}" for k in differ)
+        return f"{self.out} was made with {then}, this run asks for {now}"
 
 
 # -- what runs in a worker ----------------------------------------------------------------------
@@ -91,6 +136,7 @@ def _run_job(
     if status["status"] == "done":
         from l2o.io import atomic_write_json
 
+        status["settings"] = {k: args[k] for k in RESULT_ARGS[kind] if k in args}
         atomic_write_json(out_dir / "done.json", status)
     return status
 
@@ -379,6 +425,13 @@ def make_plan(
                         [grid],
                     )
                 )
+    conflicts = [c for job in plan.jobs.values() if (c := job.conflict())]
+    if conflicts:
+        more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+        raise ValueError(
+            f"finished results in {out} were made with other settings: {conflicts[0]}{more}; "
+            "use another --out, or delete those folders to run them again"
+        )
     return plan
 
 
@@ -483,9 +536,7 @@ def remaining_seconds(estimates: dict[str, float], spent: dict[str, float]) -> f
 ORDERS = ("trainings", "results")
 
 
-def ready_jobs(
-    pending: dict[str, Job], running: set[str], order: str = "trainings"
-) -> list[str]:
+def ready_jobs(pending: dict[str, Job], running: set[str], order: str = "trainings") -> list[str]:
     """The pending jobs whose dependencies are all finished, in the order they should start.
 
     ``order="trainings"`` starts trainings first: they are the longest jobs and every evaluation

@@ -284,6 +284,31 @@ def test_report_gives_the_spread_over_training_seeds(tmp_path, sample_data):
     assert [p.name for p in written] == ["techniques.png", "report.md"]  # what it wrote, only
     md = (plan.out / "techniques.md").read_text()
     assert "curriculum cut at horizon 1,000" in md
+    # The paper's claims: only CL + IL's side is measured, so none is judged yet.
+    claims = {(c["claim"], c["task"]): c for c in data["claims"]}
+    beats_dm = claims[("CL + IL beats plain L2O-DM", "mlp-orig")]
+    assert beats_dm["verdict"] == "not measured yet"
+    assert beats_dm["better_values"] == pytest.approx(finals) and beats_dm["worse_values"] == []
+    assert "| CL + IL beats plain L2O-DM | mlp-orig | - | not measured yet |" in md
+
+    # Plain L2O-DM's three seeds (Adam at far smaller learning rates: slower): judged now.
+    dm_finals = []
+    for seed, lr in enumerate((1e-5, 3e-5, 1e-4)):
+        out = plan.out / plan.eval_key("L2O-DM", "mlp-orig", seed)
+        result = evaluate(load_rule("adam", lr=lr), task, 120, [0, 1])
+        dm_finals.append(save_eval(result, out, label=f"seed {seed}")["final_ln_loss"]["mean"])
+        (out / "done.json").write_text("{}")
+    write_report(plan, {}, 1.0)
+    data = json.loads((plan.out / "techniques.json").read_text())
+    claims = {(c["claim"], c["task"]): c for c in data["claims"]}
+    beats_dm = claims[("CL + IL beats plain L2O-DM", "mlp-orig")]
+    assert beats_dm["worse_values"] == pytest.approx(dm_finals)
+    assert beats_dm["worse_median"] == pytest.approx(sorted(dm_finals)[1])
+    assert beats_dm["verdict"].startswith("holds")  # learning rates 10x larger and more
+    md = (plan.out / "techniques.md").read_text()
+    dm_median = sorted(dm_finals)[1]
+    margin = dm_median - median
+    assert f"L2O-DM-CL-IL {median:.2f} vs L2O-DM {dm_median:.2f} (by {margin:+.2f})" in md
 
 
 def test_an_evaluation_finds_its_training_after_the_output_folder_moved(tmp_path):

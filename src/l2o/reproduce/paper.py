@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from l2o.reproduce.claims import Claim
+
 TASKS = ("mlp-orig", "mlp-relu", "mlp-deeper", "conv-mnist", "conv-cifar")
 PAPER_STEPS = 10_000
 
@@ -70,6 +72,7 @@ class Figure:
     curves: tuple[CurveSpec, ...]
     tasks: tuple[str, ...] = TASKS
     baselines: tuple[str, ...] = ANALYTIC_BASELINES
+    claims: tuple[Claim, ...] = ()  # the paper's ordering of its curves, judged in the report
 
 
 DM = CurveSpec("L2O-DM", "dm", "paper:dm")
@@ -88,6 +91,10 @@ SCALE_META = CurveSpec(
     "distributions yet (docs/method.md 0 item 6)",
 )
 
+#: The paper's ordering (Section 4, Figures 3 and 5): each technique alone improves L2O-DM.
+CL_HELPS = Claim("L2O-DM-CL", "L2O-DM", "the curriculum alone improves L2O-DM")
+IL_HELPS = Claim("L2O-DM-IL", "L2O-DM", "imitation alone improves L2O-DM")
+
 FIGURES: dict[str, Figure] = {
     "fig2": Figure(
         "fig2",
@@ -103,6 +110,7 @@ FIGURES: dict[str, Figure] = {
         "fig5",
         "Figure 5: the L2O-DM ablation",
         (DM, DM_AUG, DM_IL, DM_CL),
+        claims=(CL_HELPS, IL_HELPS),
     ),
     "fig6": Figure(
         "fig6",
@@ -121,6 +129,14 @@ FIGURES: dict[str, Figure] = {
         "Curriculum (CL) and imitation (IL): L2O-DM and RNNprop with and without them",
         (DM, DM_IL, DM_CL, DM_CL_IL, RNNPROP, RNNPROP_CL_IL),
         tasks=("mlp-orig", "mlp-relu"),
+        claims=(
+            CL_HELPS,
+            IL_HELPS,
+            Claim("L2O-DM-CL-IL", "L2O-DM-CL", "CL + IL beats CL alone"),
+            Claim("L2O-DM-CL-IL", "L2O-DM-IL", "CL + IL beats IL alone"),
+            Claim("L2O-DM-CL-IL", "L2O-DM", "CL + IL beats plain L2O-DM"),
+            Claim("RNNprop-CL-IL", "RNNprop", "CL + IL make RNNprop better"),
+        ),
     ),
 }
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from l2o.reproduce.claims import Verdict, judge, verdict_rows
 from l2o.reproduce.paper import FIGURES, PAPER_NOTES, PAPER_STEPS, PAPER_VALUES, Figure
 
 #: ``(steps, seeds)`` of the evaluations per budget (``--steps`` / ``--seeds`` override them).
@@ -814,6 +815,24 @@ def _training_line(label: str, recipe: str, seed: int | None, info: dict[str, An
     return text + "."
 
 
+def _judge_claims(fig, results: list[dict[str, Any]]) -> list[Verdict]:
+    """The verdict of each of ``fig``'s claims on each of its tasks, from the figure's results
+    (a curve's finite value per training seed; a baseline's one value)."""
+    values: dict[tuple[str, str], list[float]] = {}
+    for r in results:
+        if r["source"] == "baseline":
+            found = [r["final_ln_loss"]]
+        else:
+            found = list(r.get("training_seeds", {}).values())
+        values[(r["curve"], r["task"])] = [v for v in found if v is not None]
+    side = lambda label, task: values.get((label, task), [])  # noqa: E731
+    return [
+        judge(claim, task, side(claim.better, task), side(claim.worse, task))
+        for claim in fig.claims
+        for task in fig.tasks
+    ]
+
+
 @dataclass
 class WrittenReport:
     """What :func:`write_report` wrote (``paths``; iterating yields them) and each figure's
@@ -966,6 +985,7 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> Writte
                 "or a job failed (the log names it); run the same command again to finish them.",
             )
         tables[fig.name] = "\n".join(rows) + "\n"
+        verdicts = _judge_claims(fig, results)
         atomic_write_json(
             plan.out / f"{fig.name}.json",
             {
@@ -974,6 +994,7 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> Writte
                 "evaluation": {"steps": plan.steps, "seeds": plan.seeds},
                 "train_seeds": plan.train_seeds,
                 "results": results,
+                "claims": [v.to_dict() for v in verdicts],
             },
         )
         png = plan.out / f"{fig.name}.png"
@@ -986,6 +1007,16 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> Writte
             "reports no analytic baselines.\n",
             *rows,
             "",
+            *(
+                [
+                    "The paper's ordering, per task (final ln loss, lower is better; with several "
+                    "training seeds, the medians over them):\n",
+                    *verdict_rows(verdicts),
+                    "",
+                ]
+                if verdicts
+                else []
+            ),
             "Deviations:\n",
             *(f"* {d}" for d in deviations),
             "",

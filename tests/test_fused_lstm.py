@@ -210,6 +210,27 @@ def test_failed_build_warns_and_falls_back_to_pytorch(monkeypatch, tmp_path):
     assert torch.autograd.gradcheck(cell, (x, h, c, w, b))
 
 
+def test_a_compiler_without_openmp_gets_the_one_thread_build(monkeypatch):
+    """If the OpenMP build fails (Apple clang has no -fopenmp), the kernel is built again without
+    it, with a warning, and used."""
+    if not fused_lstm.cpu_kernel_available():
+        pytest.skip("the C++ kernel could not be built here")
+    _use(monkeypatch, "fused")
+    real, calls = fused_lstm.build_kernel, []
+
+    def build(*args, openmp=True, **kwargs):
+        calls.append(openmp)
+        if openmp:
+            raise RuntimeError("g++: error: unrecognized command-line option '-fopenmp'")
+        return real()  # the package's build, already cached: nothing compiles in the test
+
+    monkeypatch.setattr(fused_lstm, "build_kernel", build)
+    monkeypatch.setattr(fused_lstm, "_built", None)
+    with pytest.warns(UserWarning, match="with OpenMP failed .*building it for one thread"):
+        assert fused_lstm.cpu_kernel_available()
+    assert calls == [True, False]
+
+
 def _poison(t: Tensor) -> Tensor:
     """``t`` with NaN, +inf and -inf written into a few columns (several tiles, vector lanes and
     the scalar remainder of the C++ loops)."""
@@ -319,3 +340,54 @@ def test_evaluate_on_mlp_matches_reference_cell(monkeypatch, model):
     rel = abs(res["fused"].losses - res["reference"].losses) / abs(res["reference"].losses)
     assert rel.max() < 1e-5, rel.max()
     print(model, "max relative difference", rel.max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_threads_share_the_tiles_and_change_no_bit(dtype):
+    """The CPU kernel shares its column tiles among PyTorch's intra-op threads. Over 2,560 columns
+    (5 tiles of 512), with 1, 2 and 3 threads: every per-column output (h, c and the gradients to
+    x, h and c) is bitwise the same; the weight and bias gradients, each tile's summed in tile
+    order afterwards, agree to round-off (the BLAS may round a tile's product differently when
+    it is called from several threads: seen with 3)."""
+    if not fused_lstm.cpu_kernel_available():
+        pytest.skip("the C++ kernel could not be built here")
+    g = torch.Generator().manual_seed(0)
+    k, hidden, n = 2, 20, 2560  # L2O-DM's first layer: 2 inputs, 20 units
+    x, h, c, cn, dh, dc = (
+        torch.randn(rows, n, generator=g, dtype=dtype)
+        for rows in (k, hidden, hidden, hidden, hidden, hidden)
+    )
+    wt = torch.randn(4 * hidden, k + hidden, generator=g, dtype=dtype)
+    b = torch.randn(4 * hidden, generator=g, dtype=dtype)
+    ops, tile = torch.ops.l2o_fused_lstm, fused_lstm.CPU_TILE
+    before, outs = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            fwd = ops.fwd(x, h, c, wt, b, tile)
+            bwd = ops.bwd(x, h, c, cn, wt, b, dh, dc, tile)
+            outs.append([*fwd, *bwd])
+    finally:
+        torch.set_num_threads(before)
+    assert n > 4 * tile
+    tol = 1e-6 if dtype == torch.float32 else 1e-14
+    for other in outs[1:]:
+        for a, b_ in zip(outs[0][:5], other[:5], strict=True):  # hn, cn, dx, dh_prev, dc_prev
+            assert torch.equal(a, b_)
+        for a, b_ in zip(outs[0][5:], other[5:], strict=True):  # dwt, db
+            assert (a - b_).abs().max() <= tol * a.abs().max()
+
+
+def test_meta_gradient_with_two_threads_matches_reference(monkeypatch):
+    """With two threads (tiles shared out, and PyTorch's own ops threaded) the fused unroll still
+    equals the reference cell's to float32 round-off."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        ref = _meta_unroll(monkeypatch, "reference", "dm", 2, torch.float32)
+        got = _meta_unroll(monkeypatch, "fused", "dm", 2, torch.float32)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-4, atol=0)  # every step's loss
+    for g, r in zip(got[3], ref[3], strict=True):
+        assert (g - r).abs().max() <= 1e-4 * r.abs().max()

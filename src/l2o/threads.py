@@ -11,12 +11,13 @@ of times (issue 16: 0.8 steps/s where 60 is normal). The command therefore
   ``l2o.cli.main`` re-executes itself once with them when they are missing), and
 * picks its intra-op threads (:func:`choose_threads`): ``--threads N`` if given, else
   ``OMP_NUM_THREADS`` if set, else **one**. Measured on the 2-core machine (docs/performance.md,
-  "Threads"): one thread per process ran L2O-DM meta-training 2.8x and the evaluation of a learned
-  rule 2.7x faster than two passive threads; against PyTorch's two spinning threads, eager
-  meta-training ran 1.8x faster and the learned rule's evaluation within 10% (Adam's batched
-  evaluation: within 5%). The work is many small operations, so a second thread
-  mostly waits; ``l2o`` uses more cores with more processes instead (``--nproc``, ``--seeds``,
-  ``reproduce --jobs``), which never contend for a thread pool.
+  "Threads"): beside other busy processes, two passive threads ran L2O-DM meta-training 2.7x
+  slower than one (a parallel region waits for its slowest thread); on an otherwise idle machine,
+  since the fused LSTM kernel shares its tiles among the threads, two passive threads run it 1.5x
+  (meta-training) and 1.7x (evaluation) faster. One thread is the default because it never
+  loses much and gives the same float sums, hence the same results, on every machine; ``--threads
+  N`` is for a job that has the machine to itself. More processes use more cores without sharing
+  a thread pool (``--nproc``, ``--seeds``, ``reproduce --jobs``).
 
 ``L2O_THREADS=torch`` leaves all of this to PyTorch (the old behaviour, kept for measurements such
 as ``benchmarks/thread_sharing.py``). A library user (``import l2o``) is never affected: only the
@@ -55,7 +56,7 @@ def choose_threads(requested: int | None) -> tuple[int, str]:
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env), "OMP_NUM_THREADS"
-    return DEFAULT_THREADS, "one per process: fastest for l2o's small operations"
+    return DEFAULT_THREADS, "one per process: the same results on every machine"
 
 
 def apply_threads(requested: int | None) -> str:

@@ -157,7 +157,10 @@ ISA_FLAGS = {
 #: meta-step; evaluation flags diverged seeds). The kernel source declares glibc's vector ``exp``
 #: itself so that the pointwise loops still vectorise (``-fno-math-errno`` allows the call);
 #: ``-ffp-contract=fast`` lets ``a += w * x`` be one FMA (gcc's ISO C++ mode turns it off).
-OPT_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast"]
+#: ``-fopenmp`` makes ``at::parallel_for`` share the tiles among PyTorch's intra-op threads (without
+#: it the pragma is ignored and one thread runs them all); the library links the ``libgomp.so.1``
+#: PyTorch has already loaded, so both use one thread pool.
+OPT_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast", "-fopenmp"]
 
 
 def isa() -> str:
@@ -171,21 +174,29 @@ def isa() -> str:
 
 
 def build_kernel(
-    name: str | None = None, cflags: list[str] | None = None, namespace: str | None = None
+    name: str | None = None,
+    cflags: list[str] | None = None,
+    namespace: str | None = None,
+    openmp: bool = True,
 ) -> str:
     """Build (or load from the cache) the C++ kernel and register its ops; returns the ops'
     namespace. The defaults are the package's build (``l2o_fused_lstm_cpu_<isa>``); other
-    ``name``/``cflags``/``namespace`` build variants for benchmarks."""
+    ``name``/``cflags``/``namespace`` build variants for benchmarks. ``openmp=False`` builds
+    without ``-fopenmp`` (``..._serial``: one thread runs every tile), for compilers without it."""
     from torch.utils import cpp_extension
 
     target = isa()
     flags = list(cflags) if cflags is not None else [*OPT_FLAGS, *ISA_FLAGS.get(target.upper(), [])]
+    if not openmp:
+        flags = [f for f in flags if f != "-fopenmp"]
+        name = name or f"l2o_fused_lstm_cpu_{target}_serial"
     if namespace is not None:
         flags.append(f"-DL2O_LSTM_NS={namespace}")
     cpp_extension.load(
         name=name or f"l2o_fused_lstm_cpu_{target}",
         sources=[str(_SOURCE)],
         extra_cflags=flags,
+        extra_ldflags=["-fopenmp"] if "-fopenmp" in flags else [],
         is_python_module=False,
         verbose=False,
     )
@@ -203,7 +214,15 @@ def cpu_kernel_available() -> bool:
             _built = False
             if MODE == "fused":
                 try:
-                    build_kernel()
+                    try:
+                        build_kernel()
+                    except Exception as err:  # e.g. a compiler without OpenMP (Apple clang)
+                        warnings.warn(
+                            f"building the fused LSTM kernel with OpenMP failed "
+                            f"({type(err).__name__}); building it for one thread",
+                            stacklevel=3,
+                        )
+                        build_kernel(openmp=False)
                     _built = hasattr(torch.ops.l2o_fused_lstm, "fwd")
                 except Exception as err:  # no compiler, headers, ...
                     warnings.warn(

@@ -4,9 +4,11 @@
 // b; j's rows pre-scaled by 2 so that tanh(j) = 2 sigmoid(2 j) - 1), b [4H], all contiguous.
 // The N columns are processed in tiles that stay in the L2 cache: the gate pre-activations of a
 // tile are one GEMM (ATen/BLAS), their activations and the state update one pass over the tile.
-// The backward recomputes the tile's gates instead of reading stored ones.
+// The backward recomputes the tile's gates instead of reading stored ones. Tiles are shared out
+// among PyTorch's intra-op threads (at::parallel_for); with one thread they run in order.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 #include <cmath>
 #include <cstdint>
@@ -147,16 +149,24 @@ std::tuple<at::Tensor, at::Tensor> lstm_fwd(const at::Tensor& x, const at::Tenso
   const int64_t K = x.size(0), H = h.size(0), N = h.size(1);
   at::Tensor wx = wt.narrow(1, 0, K), wh = wt.narrow(1, K, H);
   at::Tensor hn = at::empty_like(h), cn = at::empty_like(h);
-  at::Tensor z = at::empty({4 * H, std::min(tile, N)}, h.options());
-  for (int64_t c0 = 0; c0 < N; c0 += tile) {
-    const int64_t len = std::min(tile, N - c0);
-    at::Tensor zt = gates_pre(wx, wh, b, x, h, c0, len, z);
-    AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "l2o_lstm_fwd", [&] {
-      pointwise_fwd<scalar_t>(zt.data_ptr<scalar_t>(), zt.stride(0),
-                              c.data_ptr<scalar_t>() + c0, hn.data_ptr<scalar_t>() + c0,
-                              cn.data_ptr<scalar_t>() + c0, N, H, len);
-    });
-  }
+  const int64_t ntiles = (N + tile - 1) / tile;
+  // Tiles are independent: the intra-op threads (torch.set_num_threads) share them out, each
+  // with its own gate buffer and the calling thread's dispatcher state (the ATen calls must not
+  // see autograd). One thread runs them in order, as before.
+  const at::ThreadLocalState caller;  // the dispatcher's state here (below autograd)
+  at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
+    at::ThreadLocalStateGuard same_state(caller);
+    at::Tensor z = at::empty({4 * H, std::min(tile, N)}, h.options());
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t c0 = t * tile, len = std::min(tile, N - c0);
+      at::Tensor zt = gates_pre(wx, wh, b, x, h, c0, len, z);
+      AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "l2o_lstm_fwd", [&] {
+        pointwise_fwd<scalar_t>(zt.data_ptr<scalar_t>(), zt.stride(0),
+                                c.data_ptr<scalar_t>() + c0, hn.data_ptr<scalar_t>() + c0,
+                                cn.data_ptr<scalar_t>() + c0, N, H, len);
+      });
+    }
+  });
   return {hn, cn};
 }
 
@@ -168,29 +178,48 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_bwd(
   at::Tensor wx = wt.narrow(1, 0, K), wh = wt.narrow(1, K, H);
   at::Tensor wxt = wx.t(), wht = wh.t();
   at::Tensor dx = at::empty_like(x), dhp = at::empty_like(h), dcp = at::empty_like(h);
-  at::Tensor dwt = at::zeros_like(wt), db = at::zeros_like(b);
-  at::Tensor dwx = dwt.narrow(1, 0, K), dwh = dwt.narrow(1, K, H);
-  at::Tensor z = at::empty({4 * H, std::min(tile, N)}, h.options());
-  at::Tensor dzb = at::empty_like(z);
-  for (int64_t c0 = 0; c0 < N; c0 += tile) {
-    const int64_t len = std::min(tile, N - c0);
-    at::Tensor zt = gates_pre(wx, wh, b, x, h, c0, len, z);
-    at::Tensor dzt = dzb.narrow(1, 0, len);
-    AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "l2o_lstm_bwd", [&] {
-      pointwise_bwd<scalar_t>(zt.data_ptr<scalar_t>(), dzt.data_ptr<scalar_t>(), zt.stride(0),
-                              c.data_ptr<scalar_t>() + c0, cn.data_ptr<scalar_t>() + c0,
-                              dh.data_ptr<scalar_t>() + c0, dc.data_ptr<scalar_t>() + c0,
-                              dcp.data_ptr<scalar_t>() + c0, N, H, len);
-    });
-    at::Tensor xt = x.narrow(1, c0, len), ht = h.narrow(1, c0, len);
-    at::Tensor dxt = dx.narrow(1, c0, len), dht = dhp.narrow(1, c0, len);
-    at::mm_out(dxt, wxt, dzt);
-    at::mm_out(dht, wht, dzt);
-    dwx.addmm_(dzt, xt.t());
-    dwh.addmm_(dzt, ht.t());
-    db.add_(dzt.sum(1));
+  const int64_t ntiles = (N + tile - 1) / tile;
+  if (ntiles == 0) return {dx, dhp, dcp, at::zeros_like(wt), at::zeros_like(b)};
+  // Each tile's weight and bias gradients go to their own slot and are summed in tile order
+  // afterwards: no two threads write one sum, and the order of the sum is the same whatever
+  // the thread count.
+  at::Tensor dwx_parts = at::empty({ntiles, 4 * H, K}, h.options());
+  at::Tensor dwh_parts = at::empty({ntiles, 4 * H, H}, h.options());
+  at::Tensor db_parts = at::empty({ntiles, 4 * H}, h.options());
+  const at::ThreadLocalState caller;
+  at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
+    at::ThreadLocalStateGuard same_state(caller);
+    at::Tensor z = at::empty({4 * H, std::min(tile, N)}, h.options());
+    at::Tensor dzb = at::empty_like(z);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t c0 = t * tile, len = std::min(tile, N - c0);
+      at::Tensor zt = gates_pre(wx, wh, b, x, h, c0, len, z);
+      at::Tensor dzt = dzb.narrow(1, 0, len);
+      AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "l2o_lstm_bwd", [&] {
+        pointwise_bwd<scalar_t>(zt.data_ptr<scalar_t>(), dzt.data_ptr<scalar_t>(), zt.stride(0),
+                                c.data_ptr<scalar_t>() + c0, cn.data_ptr<scalar_t>() + c0,
+                                dh.data_ptr<scalar_t>() + c0, dc.data_ptr<scalar_t>() + c0,
+                                dcp.data_ptr<scalar_t>() + c0, N, H, len);
+      });
+      at::Tensor xt = x.narrow(1, c0, len), ht = h.narrow(1, c0, len);
+      at::Tensor dxt = dx.narrow(1, c0, len), dht = dhp.narrow(1, c0, len);
+      at::mm_out(dxt, wxt, dzt);
+      at::mm_out(dht, wht, dzt);
+      at::Tensor dwx_t = dwx_parts.select(0, t), dwh_t = dwh_parts.select(0, t);
+      at::Tensor db_t = db_parts.select(0, t);
+      at::mm_out(dwx_t, dzt, xt.t());
+      at::mm_out(dwh_t, dzt, ht.t());
+      at::sum_out(db_t, dzt, 1);
+    }
+  });
+  at::Tensor dwx = dwx_parts.select(0, 0).clone(), dwh = dwh_parts.select(0, 0).clone();
+  at::Tensor db = db_parts.select(0, 0).clone();
+  for (int64_t t = 1; t < ntiles; ++t) {
+    dwx.add_(dwx_parts.select(0, t));
+    dwh.add_(dwh_parts.select(0, t));
+    db.add_(db_parts.select(0, t));
   }
-  return {dx, dhp, dcp, dwt, db};
+  return {dx, dhp, dcp, at::cat({dwx, dwh}, 1), db};
 }
 
 }  // namespace

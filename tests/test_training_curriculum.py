@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from configs import quick_config
 from l2o.checkpoint import load_rule_checkpoint
 from l2o.training import Trainer, get_recipe
 from l2o.training.curriculum import Action, Curriculum, CurriculumState
@@ -78,17 +79,14 @@ def test_bad_schedules_are_rejected():
 
 
 def tiny_cl_config(**overrides):
-    values = dict(
-        task="quadratic",
+    settings = dict(
         curriculum=[20, 40, 60],
         num_epochs=40,
         evaluation_period=1,
         evaluation_epochs=2,
         min_evaluations=2,
-        compile=False,
     )
-    values.update(overrides)
-    return get_recipe("dm-cl").config("demo", **values)
+    return quick_config("dm-cl", **{**settings, **overrides})
 
 
 def test_trainer_saves_stage_bests_restores_on_advance_and_ends(tmp_path, monkeypatch):

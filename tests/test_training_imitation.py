@@ -4,6 +4,7 @@ gradient, the joint variant, self-improving, and imitation epochs inside the tra
 import pytest
 import torch
 
+from configs import quick_config
 from l2o.evaluation import evaluate
 from l2o.rules import DMRule
 from l2o.rules.analytic import adam
@@ -111,17 +112,10 @@ def test_teacher_specs_are_checked():
 
 
 def tiny_il_config(recipe="dm-il", **overrides):
-    values = dict(
-        task="quadratic",
-        horizon=40,
-        num_epochs=6,
-        evaluation_period=3,
-        evaluation_epochs=2,
-        compile=False,
-        imitation_ratios=[1.0],
+    settings = dict(
+        horizon=40, num_epochs=6, evaluation_period=3, evaluation_epochs=2, imitation_ratios=[1.0]
     )
-    values.update(overrides)
-    return get_recipe(recipe).config("demo", **values)
+    return quick_config(recipe, **{**settings, **overrides})
 
 
 def test_imitation_epochs_train_the_rule_towards_the_teacher(tmp_path):

@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 import l2o
+from configs import quick_config
 from l2o.checkpoint import load_rule_checkpoint, load_training_state, save_training_state
 from l2o.cli import app
 from l2o.rules.scale import ScaleRule
@@ -34,18 +35,15 @@ needs_data = pytest.mark.skipif(
 
 
 def scale_config(**overrides):
-    values = dict(
-        task="quadratic",
+    settings = dict(
         task_options={"init_std": 1.0},
         horizon=20,
         unroll_length=10,
         num_epochs=4,
         evaluation_period=2,
         evaluation_epochs=2,
-        compile=False,
     )
-    values.update(overrides)
-    return get_recipe("scale").config("demo", **values)
+    return quick_config("scale", **{**settings, **overrides})
 
 
 def mlp_config(**overrides):

@@ -89,7 +89,7 @@ def test_reproduce_runs_end_to_end_writes_report_and_resumes(tmp_path):
     assert "start eval/l2o-dm/mlp-orig" in again.output
 
 
-def test_finished_results_made_with_other_settings_are_refused_not_reused(tmp_path):
+def test_finished_results_made_with_other_settings_are_refused_not_reused(tmp_path, sample_data):
     """An evaluation folder holds one result: asking the same folder for 3,000 steps must not
     report the 10,000-step result under the new settings."""
     out = tmp_path / "rep"

@@ -56,6 +56,11 @@ RESULT_ARGS = {
 }
 
 
+def result_settings(kind: str, args: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of a ``kind`` job that decide its result (:data:`RESULT_ARGS`)."""
+    return {k: args[k] for k in RESULT_ARGS[kind] if k in args}
+
+
 @dataclass
 class Job:
     """One unit of work; ``deps`` must be done first. ``out`` holds its result."""
@@ -71,7 +76,7 @@ class Job:
 
     def settings(self) -> dict[str, Any]:
         """The arguments that decide this job's result (not its label or the paths it reads)."""
-        return {k: self.args[k] for k in RESULT_ARGS[self.kind] if k in self.args}
+        return result_settings(self.kind, self.args)
 
     def recorded_settings(self) -> dict[str, Any] | None:
         """The settings the finished result in ``out`` was made with; ``None`` if it is not
@@ -137,7 +142,7 @@ def _run_job(
     if status["status"] == "done":
         from l2o.io import atomic_write_json
 
-        status["settings"] = {k: args[k] for k in RESULT_ARGS[kind] if k in args}
+        status["settings"] = result_settings(kind, args)
         atomic_write_json(out_dir / "done.json", status)
     return status
 

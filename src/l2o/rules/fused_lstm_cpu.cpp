@@ -180,12 +180,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_bwd(
   at::Tensor dx = at::empty_like(x), dhp = at::empty_like(h), dcp = at::empty_like(h);
   const int64_t ntiles = (N + tile - 1) / tile;
   if (ntiles == 0) return {dx, dhp, dcp, at::zeros_like(wt), at::zeros_like(b)};
-  // Each tile's weight and bias gradients go to their own slot and are summed in tile order
-  // afterwards: no two threads write one sum, and the order of the sum is the same whatever
-  // the thread count.
-  at::Tensor dwx_parts = at::empty({ntiles, 4 * H, K}, h.options());
-  at::Tensor dwh_parts = at::empty({ntiles, 4 * H, H}, h.options());
-  at::Tensor db_parts = at::empty({ntiles, 4 * H}, h.options());
+  // Each tile's weight and bias gradients go to their own slot ([4H, K + H] weights, then the
+  // bias as the last column) and the slots are summed in tile order afterwards, one add per tile:
+  // no two threads write one sum, and the order of the sum is the same whatever the thread count.
+  at::Tensor parts = at::empty({ntiles, 4 * H, K + H + 1}, h.options());
   const at::ThreadLocalState caller;
   at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
     at::ThreadLocalStateGuard same_state(caller);
@@ -205,21 +203,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_bwd(
       at::Tensor dxt = dx.narrow(1, c0, len), dht = dhp.narrow(1, c0, len);
       at::mm_out(dxt, wxt, dzt);
       at::mm_out(dht, wht, dzt);
-      at::Tensor dwx_t = dwx_parts.select(0, t), dwh_t = dwh_parts.select(0, t);
-      at::Tensor db_t = db_parts.select(0, t);
+      at::Tensor slot = parts.select(0, t);
+      at::Tensor dwx_t = slot.narrow(1, 0, K), dwh_t = slot.narrow(1, K, H);
+      at::Tensor db_t = slot.select(1, K + H);
       at::mm_out(dwx_t, dzt, xt.t());
       at::mm_out(dwh_t, dzt, ht.t());
       at::sum_out(db_t, dzt, 1);
     }
   });
-  at::Tensor dwx = dwx_parts.select(0, 0).clone(), dwh = dwh_parts.select(0, 0).clone();
-  at::Tensor db = db_parts.select(0, 0).clone();
-  for (int64_t t = 1; t < ntiles; ++t) {
-    dwx.add_(dwx_parts.select(0, t));
-    dwh.add_(dwh_parts.select(0, t));
-    db.add_(db_parts.select(0, t));
-  }
-  return {dx, dhp, dcp, at::cat({dwx, dwh}, 1), db};
+  at::Tensor total = parts.select(0, 0).clone();
+  for (int64_t t = 1; t < ntiles; ++t) total.add_(parts.select(0, t));
+  return {dx, dhp, dcp, total.narrow(1, 0, K + H).contiguous(), total.select(1, K + H).contiguous()};
 }
 
 }  // namespace

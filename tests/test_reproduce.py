@@ -196,6 +196,23 @@ def test_results_first_evaluates_finished_trainings_before_starting_new_ones(tmp
         run_plan(plan, order="fast")
 
 
+def test_a_training_left_part_way_resumes_before_new_ones(tmp_path):
+    from l2o.reproduce.runner import ready_jobs
+
+    plan = make_plan(["fig5"], "cpu", tmp_path)
+    pending = dict(plan.jobs)
+    # What a stopped run leaves behind: dm-cl further along than dm-il, both behind dm and dm-aug
+    # in the plan's order.
+    for key, epoch in (("train/dm-il-cpu", 40), ("train/dm-cl-cpu", 700)):
+        out = pending[key].out
+        out.mkdir(parents=True)
+        (out / "train_state.pt").write_bytes(b"state")
+        (out / "metrics.jsonl").write_text(json.dumps({"type": "epoch", "epoch": epoch}) + "\n")
+    for order in ("trainings", "results"):
+        trains = [k for k in ready_jobs(pending, set(), order=order) if pending[k].kind == "train"]
+        assert trains[:3] == ["train/dm-cl-cpu", "train/dm-il-cpu", "train/dm-cpu"]
+
+
 def test_eta_rescales_the_estimates_by_how_the_finished_jobs_went():
     from l2o.reproduce.runner import remaining_seconds
 

@@ -549,14 +549,19 @@ def ready_jobs(pending: dict[str, Job], running: set[str], order: str = "trainin
     waits for one, so this gives the shortest total time. ``order="results"`` starts the jobs that
     finish a result first (evaluations and grids, whose training is done) and a new training only
     when none is ready: a run that is stopped part way (a machine lent for a few hours) then has
-    finished results to report instead of many half-trained optimizers."""
+    finished results to report instead of many half-trained optimizers. In either order a training
+    that a stopped run left part way (``epochs_done``) goes before the trainings not yet started,
+    the furthest first: finishing what was begun gives results soonest."""
     if order not in ORDERS:
         raise ValueError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
     ready = [
         k for k, j in pending.items() if all(d not in pending and d not in running for d in j.deps)
     ]
     trainings_last = order == "results"
-    return sorted(ready, key=lambda k: (pending[k].kind == "train") == trainings_last)
+    return sorted(
+        ready,
+        key=lambda k: ((pending[k].kind == "train") == trainings_last, -epochs_done(pending[k])),
+    )
 
 
 BACKENDS = ("local", "ray")

@@ -48,6 +48,15 @@ def test_the_table_gives_both_medians_and_the_margin():
     assert rows[3] == f"| CL + IL beats plain L2O-DM | mlp-relu | - | {NOT_MEASURED} |"
 
 
+def test_a_verdict_with_training_seeds_to_come_says_it_is_provisional():
+    v = judge(CLAIM, "mlp-orig", [-8.0, -7.0], [-3.0, -2.0, -1.0], pending=1)
+    assert v.verdict == HOLDS_EVERY_SEED and v.to_dict()["pending"] == 1
+    row = verdict_rows([v])[2]
+    assert row.endswith(f"| {HOLDS_EVERY_SEED} (so far: 1 training seed to come) |")
+    # nothing measured on one side: nothing to call provisional
+    assert judge(CLAIM, "mlp-orig", [], [-3.0], pending=3).pending == 0
+
+
 def test_every_claim_names_curves_of_its_figure():
     for fig in FIGURES.values():
         labels = {c.label for c in fig.curves}

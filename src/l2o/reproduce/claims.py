@@ -35,13 +35,16 @@ class Claim:
 @dataclass(frozen=True)
 class Verdict:
     """How one claim stands on one task: each side's values (one per training seed; a baseline
-    has one), their medians and the verdict (one of this module's constants)."""
+    has one), their medians and the verdict (one of this module's constants). ``pending`` counts
+    the training seeds of either side not evaluated yet: a verdict with some pending is
+    provisional (a run stopped part way reports what it has)."""
 
     claim: Claim
     task: str
     better_values: tuple[float, ...]
     worse_values: tuple[float, ...]
     verdict: str
+    pending: int = 0
 
     @property
     def better_median(self) -> float | None:
@@ -62,12 +65,16 @@ class Verdict:
             "better_values": list(self.better_values),
             "worse_values": list(self.worse_values),
             "verdict": self.verdict,
+            "pending": self.pending,
         }
 
 
-def judge(claim: Claim, task: str, better: Sequence[float], worse: Sequence[float]) -> Verdict:
+def judge(
+    claim: Claim, task: str, better: Sequence[float], worse: Sequence[float], pending: int = 0
+) -> Verdict:
     """The verdict of ``claim`` on ``task`` from each side's finite final ln losses (diverged
-    training seeds left out by the caller; an empty side is "not measured yet")."""
+    training seeds left out by the caller; an empty side is "not measured yet"); ``pending``
+    training seeds are still to be evaluated (the verdict says it is provisional)."""
     a, b = tuple(float(v) for v in better), tuple(float(v) for v in worse)
     if not a or not b:
         verdict = NOT_MEASURED
@@ -79,7 +86,7 @@ def judge(claim: Claim, task: str, better: Sequence[float], worse: Sequence[floa
         verdict = HOLDS_EVERY_SEED
     else:
         verdict = HOLDS_MEDIAN
-    return Verdict(claim, task, a, b, verdict)
+    return Verdict(claim, task, a, b, verdict, pending if verdict != NOT_MEASURED else 0)
 
 
 def verdict_rows(verdicts: Sequence[Verdict]) -> list[str]:
@@ -93,5 +100,9 @@ def verdict_rows(verdicts: Sequence[Verdict]) -> list[str]:
                 f"{v.claim.better} {v.better_median:.2f} vs {v.claim.worse} "
                 f"{v.worse_median:.2f} (by {v.worse_median - v.better_median:+.2f})"
             )
-        rows.append(f"| {v.claim.text} | {v.task} | {ours} | {v.verdict} |")
+        verdict = v.verdict
+        if v.pending:
+            seeds = f"{v.pending} training seed" + ("s" if v.pending != 1 else "")
+            verdict += f" (so far: {seeds} to come)"
+        rows.append(f"| {v.claim.text} | {v.task} | {ours} | {verdict} |")
     return rows

@@ -825,19 +825,29 @@ def _training_line(label: str, recipe: str, seed: int | None, info: dict[str, An
     return text + "."
 
 
-def _judge_claims(fig, results: list[dict[str, Any]]) -> list[Verdict]:
+def _judge_claims(fig, results: list[dict[str, Any]], train_seeds: int = 1) -> list[Verdict]:
     """The verdict of each of ``fig``'s claims on each of its tasks, from the figure's results
-    (a curve's finite value per training seed; a baseline's one value)."""
+    (a curve's finite value per training seed; a baseline's one value); a meta-trained curve with
+    fewer than ``train_seeds`` evaluated training seeds makes the verdict provisional."""
     values: dict[tuple[str, str], list[float]] = {}
+    pending: dict[tuple[str, str], int] = {}
     for r in results:
         if r["source"] == "baseline":
             found = [r["final_ln_loss"]]
         else:
-            found = list(r.get("training_seeds", {}).values())
+            found = list(r.get("training_seeds", {}).values())  # every evaluated seed
+            pending[(r["curve"], r["task"])] = max(0, train_seeds - len(found))
         values[(r["curve"], r["task"])] = [v for v in found if v is not None]
     side = lambda label, task: values.get((label, task), [])  # noqa: E731
+    to_come = lambda label, task: pending.get((label, task), 0)  # noqa: E731
     return [
-        judge(claim, task, side(claim.better, task), side(claim.worse, task))
+        judge(
+            claim,
+            task,
+            side(claim.better, task),
+            side(claim.worse, task),
+            to_come(claim.better, task) + to_come(claim.worse, task),
+        )
         for claim in fig.claims
         for task in fig.tasks
     ]
@@ -995,7 +1005,7 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> Writte
                 "or a job failed (the log names it); run the same command again to finish them.",
             )
         tables[fig.name] = "\n".join(rows) + "\n"
-        verdicts = _judge_claims(fig, results)
+        verdicts = _judge_claims(fig, results, plan.train_seeds)
         atomic_write_json(
             plan.out / f"{fig.name}.json",
             {

@@ -26,9 +26,17 @@ from l2o.report import save_eval
 from l2o.tasks import get_task
 
 
-def checkpoints(run: Path) -> list[Path]:
+def checkpoints(run: Path, only: set[str] | None = None) -> list[Path]:
+    """The run's stage checkpoints in stage order, then ``best.safetensors`` unless it is one of
+    them (the same stage and epoch: its evaluation would repeat that stage's); ``only`` keeps
+    the named ones (file stems, e.g. ``stage-1``)."""
     stages = sorted(run.glob("stage-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))
-    return [*stages, run / "best.safetensors"]
+    best = run / "best.safetensors"
+    if best.exists():
+        key = lambda p: (read_card(p).get("curriculum_stage"), read_card(p).get("best_epoch"))  # noqa: E731
+        if not any(key(p) == key(best) for p in stages):
+            stages.append(best)
+    return [p for p in stages if only is None or p.stem in only]
 
 
 def main() -> None:
@@ -38,11 +46,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--results", type=Path, default=RESULTS / "stage_checkpoints.json")
+    parser.add_argument("--only", default=None, help="only these checkpoints, e.g. stage-1,stage-2")
     args = parser.parse_args()
+    only = None if args.only is None else set(args.only.split(","))
     torch.set_flush_denormal(True)
     rows = []
     for run in args.runs:
-        for path in checkpoints(run):
+        for path in checkpoints(run, only):
             if not path.exists():
                 continue
             card = read_card(path)

@@ -33,8 +33,12 @@ def checkpoints(run: Path, only: set[str] | None = None) -> list[Path]:
     stages = sorted(run.glob("stage-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))
     best = run / "best.safetensors"
     if best.exists():
-        key = lambda p: (read_card(p).get("curriculum_stage"), read_card(p).get("best_epoch"))  # noqa: E731
-        if not any(key(p) == key(best) for p in stages):
+        card = read_card(best)
+        released = (card.get("curriculum_stage"), card.get("best_epoch"))
+        if not any(
+            (read_card(p).get("curriculum_stage"), read_card(p).get("best_epoch")) == released
+            for p in stages
+        ):
             stages.append(best)
     return [p for p in stages if only is None or p.stem in only]
 
@@ -53,8 +57,6 @@ def main() -> None:
     rows = []
     for run in args.runs:
         for path in checkpoints(run, only):
-            if not path.exists():
-                continue
             card = read_card(path)
             out = run / "stage-evals" / f"{path.stem}-{args.task}-{args.seeds}x{args.steps}"
             if not (out / "summary.json").exists():

@@ -213,6 +213,23 @@ def test_a_training_left_part_way_resumes_before_new_ones(tmp_path):
         assert trains[:3] == ["train/dm-cl-cpu", "train/dm-il-cpu", "train/dm-cpu"]
 
 
+def test_a_resumed_training_shows_its_last_validation(tmp_path):
+    from l2o.reproduce.runner import last_validation
+
+    assert last_validation(tmp_path) is None  # not started
+    records = [
+        {"type": "validation", "epoch": 100, "score": 754.07},
+        {"type": "epoch", "epoch": 150},
+        {"type": "validation", "epoch": 200, "score": 159.0},
+        {"type": "epoch", "epoch": 201},
+    ]
+    text = "\n".join(json.dumps(r) for r in records)
+    (tmp_path / "metrics.jsonl").write_text(text + '\n{"type": "validation", "sc')  # torn by a kill
+    assert last_validation(tmp_path) == 159.0
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(records[1]) + "\n")
+    assert last_validation(tmp_path) is None  # no validation yet
+
+
 def test_eta_rescales_the_estimates_by_how_the_finished_jobs_went():
     from l2o.reproduce.runner import remaining_seconds
 

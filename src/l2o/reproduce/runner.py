@@ -183,7 +183,8 @@ def _train(out_dir: Path, args: dict[str, Any], device: str = "cpu") -> dict[str
     recipe = get_recipe(args["recipe"])
     config = recipe.config(args["budget"], task="mlp-orig", device=device, seed=args.get("seed", 0))
     trainer = Trainer(config, out_dir, resume=(out_dir / "train_state.pt").exists())
-    last = {"val": "-"}
+    resumed = last_validation(out_dir)  # (Trainer has cut metrics.jsonl to its saved epoch)
+    last = {"val": "-" if resumed is None else f"{resumed:.3f}"}
 
     def on_event(event):
         if event["type"] == "validation":
@@ -464,6 +465,22 @@ def epochs_done(job: Job) -> int:
             except (ValueError, KeyError, TypeError):  # a line cut by a kill, or garbage
                 continue
     return last
+
+
+def last_validation(out_dir: Path) -> float | None:
+    """The score of the last validation in a training's ``metrics.jsonl`` (None if it has none):
+    a resumed training's progress line shows it until the training validates again."""
+    path = out_dir / "metrics.jsonl"
+    if not path.exists():
+        return None
+    score = None
+    for line in path.read_text().splitlines():
+        if '"type": "validation"' in line:
+            try:
+                score = float(json.loads(line)["score"])
+            except (ValueError, KeyError, TypeError):  # a line cut by a kill, or garbage
+                continue
+    return score
 
 
 def _train_config(job: Job):

@@ -153,8 +153,12 @@ def figure(found: dict, path: Path, labels: list[str]) -> None:
             if task not in found[label]:
                 continue
             curves = [ln_curve(np.load(p)["losses"]) for p in found[label][task].values()]
-            steps = curves[0][0]
-            stack = np.stack([c[1][: len(steps)] for c in curves])
+            # from step FINAL_WINDOW on, where every point is a full 100-step window (before
+            # it the window holds all steps so far, and the curve bends where that changes)
+            length = min(len(c[0]) for c in curves)
+            keep = curves[0][0][:length] >= FINAL_WINDOW
+            steps = curves[0][0][:length][keep]
+            stack = np.stack([c[1][:length][keep] for c in curves])
             name = display_name(label, next(iter(found[label][task].values())))
             (line,) = ax.plot(steps, np.median(stack, axis=0), label=name, lw=1.2)
             if len(curves) > 1:
@@ -163,7 +167,7 @@ def figure(found: dict, path: Path, labels: list[str]) -> None:
                 )
         ax.set_xscale("log")
         ax.set_title(task)
-        ax.set_xlabel("step (log)")
+        ax.set_xlabel(f"step (log; from step {FINAL_WINDOW})")
         ax.set_ylabel("ln loss (100-step window)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -449,38 +449,35 @@ _TRAIN_RATE = {"dm": 60.0, "rnnprop": 50.0, "scale": 35.0}
 _EVAL_RATE = {"learned": 150.0, "analytic": 2_000.0}
 
 
+def _last_logged(out_dir: Path, kind: str, field: str) -> Any:
+    """``field`` of the last ``kind`` record (``"epoch"``, ``"validation"``) in a training's
+    ``metrics.jsonl``; None if there is none. Lines a kill cut short are skipped."""
+    path = out_dir / "metrics.jsonl"
+    if not path.exists():
+        return None
+    value = None
+    for line in path.read_text().splitlines():
+        if f'"type": "{kind}"' in line:
+            try:
+                value = json.loads(line)[field]
+            except (ValueError, KeyError, TypeError):  # a line cut by a kill, or garbage
+                continue
+    return value
+
+
 def epochs_done(job: Job) -> int:
     """How many epochs an unfinished training job has already done (0 if it has not started):
     the last epoch in its ``metrics.jsonl``, which the trainer writes with its resumable state."""
     if job.kind != "train" or not (job.out / "train_state.pt").exists():
         return 0
-    path = job.out / "metrics.jsonl"
-    if not path.exists():
-        return 0
-    last = 0
-    for line in path.read_text().splitlines():
-        if '"type": "epoch"' in line:
-            try:
-                last = int(json.loads(line)["epoch"])
-            except (ValueError, KeyError, TypeError):  # a line cut by a kill, or garbage
-                continue
-    return last
+    return int(_last_logged(job.out, "epoch", "epoch") or 0)
 
 
 def last_validation(out_dir: Path) -> float | None:
     """The score of the last validation in a training's ``metrics.jsonl`` (None if it has none):
     a resumed training's progress line shows it until the training validates again."""
-    path = out_dir / "metrics.jsonl"
-    if not path.exists():
-        return None
-    score = None
-    for line in path.read_text().splitlines():
-        if '"type": "validation"' in line:
-            try:
-                score = float(json.loads(line)["score"])
-            except (ValueError, KeyError, TypeError):  # a line cut by a kill, or garbage
-                continue
-    return score
+    score = _last_logged(out_dir, "validation", "score")
+    return None if score is None else float(score)
 
 
 def _train_config(job: Job):

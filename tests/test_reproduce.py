@@ -222,6 +222,7 @@ def test_a_resumed_training_shows_its_last_validation(tmp_path):
         {"type": "epoch", "epoch": 150},
         {"type": "validation", "epoch": 200, "score": 159.0},
         {"type": "epoch", "epoch": 201},
+        {"type": "validation", "epoch": 250, "score": None},  # garbage: skipped
     ]
     text = "\n".join(json.dumps(r) for r in records)
     (tmp_path / "metrics.jsonl").write_text(text + '\n{"type": "validation", "sc')  # torn by a kill

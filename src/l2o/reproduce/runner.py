@@ -449,9 +449,10 @@ _TRAIN_RATE = {"dm": 60.0, "rnnprop": 50.0, "scale": 35.0}
 _EVAL_RATE = {"learned": 150.0, "analytic": 2_000.0}
 
 
-def _last_logged(out_dir: Path, kind: str, field: str) -> Any:
-    """``field`` of the last ``kind`` record (``"epoch"``, ``"validation"``) in a training's
-    ``metrics.jsonl``; None if there is none. Lines a kill cut short are skipped."""
+def _last_logged(out_dir: Path, kind: str, field: str, convert: Callable[[Any], Any]) -> Any:
+    """``convert`` of ``field`` of the last ``kind`` record (``"epoch"``, ``"validation"``) in a
+    training's ``metrics.jsonl``; None if there is none. Lines a kill cut short, and values
+    ``convert`` rejects, are skipped."""
     path = out_dir / "metrics.jsonl"
     if not path.exists():
         return None
@@ -459,7 +460,7 @@ def _last_logged(out_dir: Path, kind: str, field: str) -> Any:
     for line in path.read_text().splitlines():
         if f'"type": "{kind}"' in line:
             try:
-                value = json.loads(line)[field]
+                value = convert(json.loads(line)[field])
             except (ValueError, KeyError, TypeError):  # a line cut by a kill, or garbage
                 continue
     return value
@@ -470,14 +471,13 @@ def epochs_done(job: Job) -> int:
     the last epoch in its ``metrics.jsonl``, which the trainer writes with its resumable state."""
     if job.kind != "train" or not (job.out / "train_state.pt").exists():
         return 0
-    return int(_last_logged(job.out, "epoch", "epoch") or 0)
+    return _last_logged(job.out, "epoch", "epoch", int) or 0
 
 
 def last_validation(out_dir: Path) -> float | None:
     """The score of the last validation in a training's ``metrics.jsonl`` (None if it has none):
     a resumed training's progress line shows it until the training validates again."""
-    score = _last_logged(out_dir, "validation", "score")
-    return None if score is None else float(score)
+    return _last_logged(out_dir, "validation", "score", float)
 
 
 def _train_config(job: Job):

@@ -160,6 +160,29 @@ def test_plan_names_a_training_it_will_resume_and_counts_only_what_is_left(tmp_p
     assert estimate_seconds(job) == pytest.approx(full * 0.75)
 
 
+def test_time_estimate_counts_cores_not_jobs_and_the_longest_job(tmp_path):
+    import re
+
+    from l2o.reproduce.runner import describe_plan, estimate_seconds
+
+    plan = make_plan(["fig5"], "cpu", tmp_path, tasks=["mlp-orig"])
+    seconds = [estimate_seconds(j) for j in plan.jobs.values()]
+
+    def hours(jobs, cores):
+        line = next(x for x in describe_plan(plan, jobs, cores=cores) if "estimated" in x)
+        return line, float(re.search(r"so about ([0-9.]+) h", line).group(1))
+
+    # Three jobs on two cores run at two jobs' pace, and the line says why.
+    line, h = hours(3, 2)
+    assert "sharing 2 cores" in line
+    assert h == pytest.approx(max(sum(seconds) / 2, max(seconds)) / 3600, abs=0.05)
+    assert hours(3, 2)[1] == hours(2, 2)[1]
+    # However many cores, the estimate never drops below the longest single job.
+    line, h = hours(64, 64)
+    assert "sharing" not in line
+    assert h == pytest.approx(max(seconds) / 3600, abs=0.05)
+
+
 def test_trainings_start_before_the_evaluations_of_finished_ones(tmp_path):
     from l2o.reproduce.runner import ready_jobs
 

@@ -503,8 +503,12 @@ def estimate_seconds(job: Job) -> float:
     return steps * slow / rate
 
 
-def describe_plan(plan: Plan, jobs: int) -> list[str]:
-    """The plan in words: what is done, what will run, and a rough time estimate."""
+def describe_plan(plan: Plan, jobs: int, cores: int | None = None) -> list[str]:
+    """The plan in words: what is done, what will run, and a rough time estimate.
+
+    The wall-clock estimate divides the CPU-thread total by the jobs that can really run at once
+    (``min(jobs, cores)``: three jobs on two cores run at two jobs' pace) and is never below the
+    longest single job, which one process runs alone (a training cannot be split)."""
     todo = [j for j in plan.jobs.values() if not j.done()]
     trains = sorted({j.args["recipe"] for j in todo if j.kind == "train"})
     lines = [
@@ -518,11 +522,15 @@ def describe_plan(plan: Plan, jobs: int) -> list[str]:
     for j in todo:
         if done := epochs_done(j):
             lines.append(f"resuming {j.key} at epoch {done} of {_train_config(j).num_epochs}")
-    total = sum(estimate_seconds(j) for j in todo)
+    seconds = [estimate_seconds(j) for j in todo]
+    total = sum(seconds)
+    cores = cores or os.cpu_count() or 1
+    wall = max(total / max(1, min(jobs, cores)), max(seconds, default=0.0))
+    shared = f", sharing {cores} core{'s' if cores != 1 else ''}" if jobs > cores else ""
     lines.append(
         f"estimated time: about {total / 3600:.1f} CPU-thread hours, so about "
-        f"{total / 3600 / max(1, jobs):.1f} h with {jobs} job{'s' if jobs != 1 else ''} at a "
-        "time on a CPU like the development machine's (a GPU is far faster for --budget paper)"
+        f"{wall / 3600:.1f} h with {jobs} job{'s' if jobs != 1 else ''} at a time{shared} "
+        "on a CPU like the development machine's (a GPU is far faster for --budget paper)"
     )
     return lines
 

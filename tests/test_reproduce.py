@@ -82,6 +82,17 @@ def test_reproduce_runs_end_to_end_writes_report_and_resumes(tmp_path):
     assert "| L2O-DM (paper weights) | not run / paper -0.10 |" in report
     assert "1 cell not run:" in report and "run the same command again" in report
 
+    # Another figure reported into the same folder: report.md keeps Figure 5's section beside
+    # the new one, in the paper's order; each figure's own file is still there.
+    other = make_plan(
+        ["techniques"], "demo", out, steps=20, seeds=2, weights="paper", tasks=["mlp-orig"]
+    )
+    write_report(other, {}, 1.0)
+    both = (out / "report.md").read_text()
+    assert both.count("# Reproducing Chen et al.") == 1
+    assert both.index("## Figure 5") < both.index("## Curriculum (CL) and imitation (IL)")
+    assert (out / "fig5.md").read_text() == report
+
     # Resume: only the job whose result is gone runs again.
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output

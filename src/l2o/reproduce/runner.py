@@ -888,7 +888,11 @@ class WrittenReport:
 
 
 def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> WrittenReport:
-    """One PNG and one markdown section per figure, and ``report.md`` holding them all."""
+    """One PNG and one markdown section per figure, and ``report.md`` holding them all: the
+    plan's figures and those an earlier invocation wrote into the same folder (``<figure>.md``;
+    a folder only ever holds one budget and evaluation setting, so they share the header), in
+    the order of :data:`FIGURES`. Reproducing Figure 5 into a folder that holds the techniques
+    figure thus keeps both in ``report.md``."""
     from l2o.io import atomic_write_bytes, atomic_write_json
     from l2o.report import Curve, load_eval, plot_grid
 
@@ -910,6 +914,7 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> Writte
         f"{seconds:.0f} s.\n",
     ]
     paths, tables = [], {}
+    written: dict[str, str] = {}
     for fig in plan.figures:
         deviations = []
         if plan.steps != PAPER_STEPS:
@@ -1065,7 +1070,13 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> Writte
         ]
         text = "\n".join(section) + "\n"
         atomic_write_bytes(plan.out / f"{fig.name}.md", text.encode())
-        sections.append(text)
+        written[fig.name] = text
+    order = [*FIGURES, *(name for name in written if name not in FIGURES)]
+    for name in order:
+        if name in written:
+            sections.append(written[name])
+        elif (earlier := plan.out / f"{name}.md").exists():
+            sections.append(earlier.read_text())
     report = plan.out / "report.md"
     atomic_write_bytes(report, "\n".join(sections).encode())
     paths.append(report)

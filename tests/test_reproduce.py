@@ -273,6 +273,13 @@ def test_eta_rescales_the_estimates_by_how_the_finished_jobs_went():
     # The finished evaluation took twice its estimate: the rest is expected to as well.
     assert remaining_seconds(estimates, {"eval-a": 200.0}) == pytest.approx(2200.0)
     assert remaining_seconds(estimates, {k: 1.0 for k in estimates}) == 0.0
+    # A training that stopped early (or resumed) says nothing about the machine's speed: with
+    # only the evaluations calibrating, its 300 s against 1,000 leaves the scale alone...
+    fixed = {"eval-a", "eval-b"}
+    assert remaining_seconds(estimates, {"train": 300.0}, fixed) == pytest.approx(200.0)
+    # ...and the finished evaluation still sets it.
+    both = {"train": 300.0, "eval-a": 200.0}
+    assert remaining_seconds(estimates, both, fixed) == pytest.approx(200.0)
 
 
 def test_a_missing_data_set_stops_the_run_before_any_job(tmp_path, monkeypatch):

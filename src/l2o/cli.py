@@ -1032,7 +1032,8 @@ def reproduce(
         )
     except ValueError as err:
         _fail(str(err))
-    lines = describe_plan(plan, jobs)
+    # On Ray the jobs run on the cluster's cores, not this machine's.
+    lines = describe_plan(plan, jobs, cores=None if backend == "local" else jobs)
     if plan_only:
         cols = [
             Col("job", "job"),

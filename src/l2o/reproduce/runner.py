@@ -899,10 +899,10 @@ class WrittenReport:
 
 def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> WrittenReport:
     """One PNG and one markdown section per figure, and ``report.md`` holding them all: the
-    plan's figures and those an earlier invocation wrote into the same folder (``<figure>.md``;
-    a folder only ever holds one budget and evaluation setting, so they share the header), in
-    the order of :data:`FIGURES`. Reproducing Figure 5 into a folder that holds the techniques
-    figure thus keeps both in ``report.md``."""
+    plan's figures and those an earlier invocation wrote into the same folder (``<figure>.md``,
+    each with its own cells and deviations; the header is this invocation's), in the order of
+    :data:`FIGURES`. Reproducing Figure 5 into a folder that holds the techniques figure thus
+    keeps both in ``report.md``."""
     from l2o.io import atomic_write_bytes, atomic_write_json
     from l2o.report import Curve, load_eval, plot_grid
 

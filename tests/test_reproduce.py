@@ -188,6 +188,8 @@ def test_time_estimate_counts_cores_not_jobs_and_the_longest_job(tmp_path):
     assert "sharing 2 cores" in line
     assert h == pytest.approx(max(sum(seconds) / 2, max(seconds)) / 3600, abs=0.05)
     assert hours(3, 2)[1] == hours(2, 2)[1]
+    # On Ray the jobs run on the cluster's cores, not this machine's two.
+    assert not any("sharing" in x for x in describe_plan(plan, 3, "ray", cores=2))
     # However many cores, the estimate never drops below the longest single job.
     line, h = hours(64, 64)
     assert "sharing" not in line

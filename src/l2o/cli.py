@@ -1032,8 +1032,7 @@ def reproduce(
         )
     except ValueError as err:
         _fail(str(err))
-    # On Ray the jobs run on the cluster's cores, not this machine's.
-    lines = describe_plan(plan, jobs, cores=None if backend == "local" else jobs)
+    lines = describe_plan(plan, jobs, backend)
     if plan_only:
         cols = [
             Col("job", "job"),

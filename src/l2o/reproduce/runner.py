@@ -503,12 +503,22 @@ def estimate_seconds(job: Job) -> float:
     return steps * slow / rate
 
 
-def describe_plan(plan: Plan, jobs: int, cores: int | None = None) -> list[str]:
+def parallel_jobs(jobs: int, backend: str = "local", cores: int | None = None) -> int:
+    """The jobs that really run at once: local jobs share this machine's ``cores`` (default: all
+    of them; three jobs on two cores run at two jobs' pace); a Ray cluster's are not ours."""
+    if backend != "local":
+        return max(1, jobs)
+    return max(1, min(jobs, cores or os.cpu_count() or 1))
+
+
+def describe_plan(
+    plan: Plan, jobs: int, backend: str = "local", cores: int | None = None
+) -> list[str]:
     """The plan in words: what is done, what will run, and a rough time estimate.
 
     The wall-clock estimate divides the CPU-thread total by the jobs that can really run at once
-    (``min(jobs, cores)``: three jobs on two cores run at two jobs' pace) and is never below the
-    longest single job, which one process runs alone (a training cannot be split)."""
+    (:func:`parallel_jobs`) and is never below the longest single job, which one process runs
+    alone (a training cannot be split)."""
     todo = [j for j in plan.jobs.values() if not j.done()]
     trains = sorted({j.args["recipe"] for j in todo if j.kind == "train"})
     lines = [
@@ -524,9 +534,9 @@ def describe_plan(plan: Plan, jobs: int, cores: int | None = None) -> list[str]:
             lines.append(f"resuming {j.key} at epoch {done} of {_train_config(j).num_epochs}")
     seconds = [estimate_seconds(j) for j in todo]
     total = sum(seconds)
-    cores = cores or os.cpu_count() or 1
-    wall = max(total / max(1, min(jobs, cores)), max(seconds, default=0.0))
-    shared = f", sharing {cores} core{'s' if cores != 1 else ''}" if jobs > cores else ""
+    parallel = parallel_jobs(jobs, backend, cores)
+    wall = max(total / parallel, max(seconds, default=0.0))
+    shared = f", sharing {parallel} core{'s' if parallel != 1 else ''}" if jobs > parallel else ""
     lines.append(
         f"estimated time: about {total / 3600:.1f} CPU-thread hours, so about "
         f"{wall / 3600:.1f} h with {jobs} job{'s' if jobs != 1 else ''} at a time{shared} "
@@ -745,8 +755,7 @@ def run_plan(
     finished = 0
     estimates = {k: estimate_seconds(j) for k, j in pending.items()}
     fixed_length = {k for k, j in pending.items() if j.kind != "train"}
-    # More local jobs than cores share them; a Ray cluster's cores are not this machine's.
-    parallel = max(1, min(jobs, os.cpu_count() or 1) if backend == "local" else jobs)
+    parallel = parallel_jobs(jobs, backend)
     spent: dict[str, float] = {}
     try:
         while pending or running:

@@ -411,3 +411,59 @@ def test_an_evaluation_finds_its_training_after_the_output_folder_moved(tmp_path
     old.mkdir(parents=True)
     (old / "best.safetensors").write_bytes(b"weights")
     assert _trained_checkpoint(new) == str(old / "best.safetensors")  # where it still is
+
+
+@pytest.fixture
+def worker_signals():
+    """This process as a pool worker (:func:`runner._worker_init`), its handlers put back after."""
+    import signal
+
+    from l2o.reproduce import runner
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    runner._worker_init()
+    yield runner
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+    runner._INTERRUPTED = False
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_an_idle_worker_survives_a_stop_signal_and_starts_no_new_job(
+    tmp_path, worker_signals, signame
+):
+    # Ctrl-C reaches every worker of the pool; one waiting for work died with a traceback. It now
+    # notes the signal, and a job handed to it afterwards ends at once as interrupted.
+    import os
+    import signal
+
+    os.kill(os.getpid(), getattr(signal, signame))  # idle: no KeyboardInterrupt here
+    args = {
+        "rule": "adam",
+        "lr": 0.01,
+        "task": "quadratic",
+        "steps": 50,
+        "seeds": 1,
+        "label": "Adam",
+    }
+    status = worker_signals._run_job("eval", str(tmp_path / "eval"), args, threads=1)
+    assert status["status"] == "interrupted"
+    assert not (tmp_path / "eval" / "summary.json").exists()
+
+
+def test_a_stop_signal_interrupts_the_running_job(tmp_path, worker_signals):
+    import os
+    import signal
+    import threading
+
+    args = {"rule": "adam", "lr": 0.01, "task": "quadratic", "steps": 10**6, "seeds": 1}
+    args["label"] = "Adam"
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        status = worker_signals._run_job("eval", str(tmp_path / "eval"), args, threads=1)
+    finally:
+        timer.cancel()
+    assert status["status"] == "interrupted"
+    assert not (tmp_path / "eval" / "summary.json").exists()
+    assert worker_signals._JOB_RUNNING is False

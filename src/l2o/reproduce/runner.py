@@ -117,6 +117,7 @@ def _run_job(
     kind: str, out: str, args: dict[str, Any], threads: int, device: str = "cpu"
 ) -> dict[str, Any]:
     """Execute one job in a worker process (or a Ray task); returns ``{"status": ...}``."""
+    global _JOB_RUNNING
     import torch
     import torch._dynamo
 
@@ -130,6 +131,9 @@ def _run_job(
     out_dir = Path(out)
     start = time.perf_counter()
     try:
+        _JOB_RUNNING = True
+        if _INTERRUPTED:  # stopped while idle: the run is ending, start nothing new
+            raise KeyboardInterrupt
         if kind == "train":
             status = _train(out_dir, args, device)
         elif kind == "grid":
@@ -138,6 +142,8 @@ def _run_job(
             status = _eval(out_dir, args, device)
     except KeyboardInterrupt:
         status = {"status": "interrupted"}
+    finally:
+        _JOB_RUNNING = False
     status["seconds"] = round(time.perf_counter() - start, 1)
     if status["status"] == "done":
         from l2o.io import atomic_write_json
@@ -147,10 +153,27 @@ def _run_job(
     return status
 
 
+#: In a pool worker: whether a job is running (a stop signal then interrupts it), and whether a
+#: stop signal has arrived (a job handed over afterwards is not started).
+_JOB_RUNNING = False
+_INTERRUPTED = False
+
+
+def _on_stop_signal(signum, frame) -> None:
+    """A pool worker's Ctrl-C / SIGTERM: interrupt the running job (it saves what it has and
+    returns ``interrupted``); an idle worker only notes it and waits for the pool to shut down,
+    instead of dying with a traceback while it waits for work."""
+    global _INTERRUPTED
+    _INTERRUPTED = True
+    if _JOB_RUNNING:
+        raise KeyboardInterrupt
+
+
 def _worker_init() -> None:
-    """A worker stops on SIGTERM as on Ctrl-C (its job saves what it has): :func:`run_plan`
-    passes a SIGTERM sent to the command on to its workers."""
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    """A worker stops on SIGTERM as on Ctrl-C (:func:`_on_stop_signal`): :func:`run_plan` passes
+    a SIGTERM sent to the command on to its workers, and a terminal's Ctrl-C reaches them all."""
+    signal.signal(signal.SIGINT, _on_stop_signal)
+    signal.signal(signal.SIGTERM, _on_stop_signal)
 
 
 def _pass_sigterm_to(pool: ProcessPoolExecutor):

@@ -228,3 +228,21 @@ def test_killed_rank_stops_the_run_with_one_line_and_resume_continues(tmp_path):
     assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl") if r["type"] == "epoch"] == list(
         range(1, saved + 2)
     )
+
+
+def test_train_nproc_finishes_with_code_0_and_its_summary_printed(tmp_path):
+    """`l2o train --nproc 2` to the end: every rank leaves without the interpreter's teardown
+    (distributed.end_rank); the command still exits 0 with rank 0's summary printed and the
+    best checkpoint written."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "l2o.cli", "train", "dm", "--task", "quadratic"]
+    cmd += ["--budget", "demo", "--epochs", "2", "--evaluation-period", "2"]
+    cmd += ["--instances", "2", "--no-compile", "--out", str(out), "--nproc", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "COLUMNS": "200"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    said = proc.stdout + proc.stderr  # progress and summary go to stderr
+    assert "finished after 2 epochs" in said
+    assert "evaluate with: l2o evaluate" in said
+    assert (out / "best.safetensors").exists()
+    assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl") if r["type"] == "epoch"] == [1, 2]

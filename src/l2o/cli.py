@@ -839,8 +839,7 @@ def train(
             trainer.run()
         except distributed.RankFailure as err:
             _fail(f"{err}; {again}", code=1)
-        distributed.leave()
-        return
+        distributed.end_rank(0)
     period = (
         "/".join(str(x) for x in config.stage_evaluation_periods) + " (per stage)"
         if config.curriculum and config.stage_evaluation_periods
@@ -939,8 +938,12 @@ def train(
         _say(f"imitation epochs: {summary.extra['imitation_epochs']}")
     if summary.interrupted:
         _say(f"resume with: l2o train {recipe} --budget {budget} --out {out} --resume")
+        if ranks.world > 1:
+            distributed.end_rank(130)
         raise typer.Exit(130)
     _say(f"evaluate with: l2o evaluate {summary.best_path} --task {task}")
+    if ranks.world > 1:  # a torchrun rank: everything is saved, skip the gloo teardown
+        distributed.end_rank(0)
 
 
 def _plan_rows(plan) -> list[dict[str, Any]]:

@@ -22,12 +22,14 @@ joins the group (:func:`join_from_environment`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -85,6 +87,19 @@ def leave() -> None:
     """Leave the process group (at the end of a run)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def end_rank(code: int = 0) -> NoReturn:
+    """Leave the group and end this rank now, without the interpreter's teardown. gloo's worker
+    threads can still hold tensors then, and destroying them during finalisation aborts the
+    process now and then ("terminate called without an active exception", seen in the test
+    suite): the elastic agent would then report a run that finished and saved everything as a
+    failed rank. Call it once everything is written; what was printed is flushed first."""
+    leave()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 # -- shards --------------------------------------------------------------------------------------

@@ -940,8 +940,8 @@ def write_report(plan: Plan, statuses: dict[str, Any], seconds: float) -> Writte
 
     sections = [
         "# Reproducing Chen et al. (2020): our results beside the paper's\n",
-        f"Budget `{plan.budget}`; optimizers meta-trained on mlp-orig "
-        + ("(the authors' own weights where published)" if plan.weights == "paper" else "")
+        f"Budget `{plan.budget}`; optimizers meta-trained on mlp-orig"
+        + (" (the authors' own weights where published)" if plan.weights == "paper" else "")
         + f"; evaluations of {plan.steps} steps on {plan.seeds} seeds (test split), analytic "
         f"baselines at the best learning rate of a grid ({GRID_SIZES[plan.budget][0]} steps, "
         f"{GRID_SIZES[plan.budget][1]} seeds). Cells: final ln loss (ln of the mean loss over "

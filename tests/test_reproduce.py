@@ -467,3 +467,62 @@ def test_a_stop_signal_interrupts_the_running_job(tmp_path, worker_signals):
     assert status["status"] == "interrupted"
     assert not (tmp_path / "eval" / "summary.json").exists()
     assert worker_signals._JOB_RUNNING is False
+
+
+POOL_SCRIPT = """
+import sys, time
+from pathlib import Path
+from l2o.reproduce.runner import LocalBackend, _run_job
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    backend = LocalBackend(jobs=2)
+    args = {"rule": "adam", "lr": 0.01, "task": "quadratic", "seeds": 1, "label": "Adam"}
+    futures = []
+    for name, steps in (("short", 50), ("long", 10**6)):
+        (out / name).mkdir(parents=True)
+        job = _run_job, "eval", str(out / name), {**args, "steps": steps}, 1
+        futures.append(backend.pool.submit(*job))
+    print("short:", futures[0].result()["status"], flush=True)
+    print("READY", flush=True)  # one worker now waits for work, the other runs "long"
+    try:
+        time.sleep(120)
+    except KeyboardInterrupt:
+        backend.shutdown([futures[1]], interrupted=True)
+        print("long:", futures[1].result()["status"], flush=True)
+"""
+
+
+def test_ctrl_c_to_a_pool_with_an_idle_worker_stops_it_without_a_traceback(tmp_path):
+    # A terminal's Ctrl-C reaches the whole process group: the command, the worker running a job
+    # and the worker waiting for one. The waiting worker printed a KeyboardInterrupt traceback.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "pool.py"
+    script.write_text(POOL_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "out")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    said = ""
+    while "READY" not in said:
+        line = proc.stdout.readline()
+        assert line, f"the pool script ended early:\n{said}"
+        said += line
+    time.sleep(2)
+    os.killpg(proc.pid, signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    said += rest
+    assert proc.returncode == 0, said
+    assert "short: done" in said and "long: interrupted" in said
+    assert "Traceback" not in said and "KeyboardInterrupt" not in said, said

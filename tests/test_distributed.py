@@ -23,7 +23,7 @@ import configs
 from l2o.checkpoint import load_training_state
 from l2o.io import read_jsonl
 from l2o.training import TrainConfig, Trainer, TrainingError, get_recipe
-from l2o.training.distributed import resolve_shard_size, shard_bounds
+from l2o.training.distributed import end_rank, resolve_shard_size, shard_bounds
 
 TIMEOUT = 240  # a hang fails the test instead of blocking the suite
 
@@ -63,12 +63,9 @@ def _rank(rank, world, port, flat, out, nan_on_rank):
         {"rule": trainer.rule.state_dict(), "skipped": summary.skipped_meta_steps},
         Path(out).parent / f"{Path(out).name}-rank{rank}.pt",
     )
-    dist.destroy_process_group()
-    # Leave without the interpreter's teardown: gloo's worker threads can still hold tensors
-    # then, and destroying them during finalization aborts the process now and then ("terminate
-    # called without an active exception", seen once in a full-suite run; pytorch/pytorch#179291
-    # describes the mechanism). Everything this rank had to do is done and saved above.
-    os._exit(0)
+    # Everything this rank had to do is saved: leave as `l2o train` ranks do, without the
+    # interpreter's teardown (gloo's threads can abort it; distributed.end_rank).
+    end_rank(0)
 
 
 def run_ranks(world, config, out, nan_on_rank=None):

@@ -938,12 +938,13 @@ def train(
         _say(f"imitation epochs: {summary.extra['imitation_epochs']}")
     if summary.interrupted:
         _say(f"resume with: l2o train {recipe} --budget {budget} --out {out} --resume")
-        if ranks.world > 1:
-            distributed.end_rank(130)
-        raise typer.Exit(130)
-    _say(f"evaluate with: l2o evaluate {summary.best_path} --task {task}")
+    else:
+        _say(f"evaluate with: l2o evaluate {summary.best_path} --task {task}")
+    code = 130 if summary.interrupted else 0
     if ranks.world > 1:  # a torchrun rank: everything is saved, skip the gloo teardown
-        distributed.end_rank(0)
+        distributed.end_rank(code)
+    if code:
+        raise typer.Exit(code)
 
 
 def _plan_rows(plan) -> list[dict[str, Any]]:
